@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Both create (or refresh, when pyproject.toml or constraints.txt change) the virtual
+# environment .venv with pinned dependencies, torch==2.13.0 CPU build included.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(PY) tools/demo.py
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check bytecheckpoint netsim flsim integrations tools tests
+
+bench: setup
+	$(PY) tools/bench_checkpoint.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -1,0 +1,62 @@
+"""Parallelism-agnostic distributed checkpoints for PyTorch with load-time resharding.
+
+    import bytecheckpoint as bcp
+    bcp.save("/ckpt/step_100", {"model": {"w": w}, "step": 100})
+    bcp.load("/ckpt/step_100", state)          # any world size, any layout
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .api import load, load_full, save, verify  # noqa: E402
+from .errors import (  # noqa: E402
+    CheckpointError,
+    ChecksumMismatchError,
+    CorruptCheckpointError,
+    DistributedCheckpointError,
+    DtypeMismatchError,
+    IncompleteCheckpointError,
+    MetadataError,
+    MissingKeyError,
+    PlanError,
+    ShapeMismatchError,
+    StateMismatchError,
+    StorageError,
+    TruncatedDataError,
+    UnexpectedKeyError,
+    UnsupportedValueError,
+    UnsupportedVersionError,
+)
+from .load import LoadSummary, VerifyReport  # noqa: E402
+from .save import SaveSummary  # noqa: E402
+from .shards import FlatShard, ShardedTensor  # noqa: E402
+
+__all__ = [
+    "CheckpointError",
+    "ChecksumMismatchError",
+    "CorruptCheckpointError",
+    "DistributedCheckpointError",
+    "DtypeMismatchError",
+    "FlatShard",
+    "IncompleteCheckpointError",
+    "LoadSummary",
+    "MetadataError",
+    "MissingKeyError",
+    "PlanError",
+    "SaveSummary",
+    "ShapeMismatchError",
+    "ShardedTensor",
+    "StateMismatchError",
+    "StorageError",
+    "TruncatedDataError",
+    "UnexpectedKeyError",
+    "UnsupportedValueError",
+    "UnsupportedVersionError",
+    "VerifyReport",
+    "__version__",
+    "load",
+    "load_full",
+    "save",
+    "verify",
+]

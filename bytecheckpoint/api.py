@@ -1,0 +1,64 @@
+"""The public entry points: save, load, load_full, verify."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .load import LoadSummary, VerifyReport, load_full_state, run_load, verify_checkpoint
+from .options import LoadOptions, SaveOptions
+from .save import SaveSummary, run_save
+from .storage import Storage, resolve_storage
+
+CheckpointPath = str | os.PathLike[str] | Storage
+
+
+def save(ckpt_path: CheckpointPath, checkpoint_state: dict, framework: str | None = None, **options: Any) -> SaveSummary:
+    """Save ``checkpoint_state`` (a nested dict) to ``ckpt_path``; call it on every rank.
+
+    Values may be ``torch.Tensor`` (replicated on all ranks: written once), ``DTensor``,
+    :class:`ShardedTensor`, :class:`FlatShard`, or plain Python data (taken from the lowest rank
+    that has it). Options: ``fsync``, ``block_size``, ``layout``, ``timeout`` (seconds for the
+    ranks' collectives), ``process_group``, ``allow_pickle``. The checkpoint becomes visible only
+    when its metadata is committed, after every rank has written its data.
+    """
+    _check_framework(framework)
+    opts = SaveOptions.from_kwargs("save", options)
+    return run_save(resolve_storage(ckpt_path, fsync=opts.fsync), checkpoint_state, framework, opts)
+
+
+def load(
+    ckpt_path: CheckpointPath,
+    checkpoint_state: dict,
+    framework: str | None = None,
+    strict: bool = True,
+    **options: Any,
+) -> LoadSummary:
+    """Fill ``checkpoint_state`` from ``ckpt_path`` in place, whatever layout either side has.
+
+    Tensors are filled in place; plain values (and tensors asked for with a non-tensor
+    placeholder such as None) are put into the dict. ``strict`` makes missing and unexpected keys
+    errors; shape and dtype mismatches always are. Options: ``timeout``, ``process_group``,
+    ``allow_pickle``, ``read_threads``. Call it on every rank.
+    """
+    _check_framework(framework)
+    opts = LoadOptions.from_kwargs("load", options)
+    return run_load(resolve_storage(ckpt_path), checkpoint_state, strict, opts)
+
+
+def load_full(ckpt_path: CheckpointPath, allow_pickle: bool = False) -> dict:
+    """Every tensor whole and every plain value, nested as saved; one process, no process group."""
+    return load_full_state(resolve_storage(ckpt_path), allow_pickle)
+
+
+def verify(ckpt_path: CheckpointPath) -> VerifyReport:
+    """Check every stored byte against its checksum; raises CorruptCheckpointError naming file and tensor."""
+    return verify_checkpoint(resolve_storage(ckpt_path))
+
+
+def _check_framework(framework: str | None) -> None:
+    if framework is not None:
+        raise ValueError(
+            f"framework={framework!r}: no framework adapter is available in this version; pass "
+            "framework=None with tensors, DTensors, ShardedTensor or FlatShard values"
+        )

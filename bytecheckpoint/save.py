@@ -1,0 +1,116 @@
+"""The save protocol.
+
+1. plan (every rank): flatten the state into boxes and plain values; the coordinator also picks
+   a fresh save id. Local plans are all-gathered and merged into the global plan on every rank.
+2. write (every rank): write the boxes this rank was assigned into ``data/<save_id>/rank<r>.bin``.
+3. commit (coordinator): build the metadata from all ranks' written chunks, commit it atomically,
+   then delete data files that the new metadata does not reference.
+A failure in any phase on any rank raises the same error on every rank; nothing is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import __version__
+from .collectives import Communicator
+from .metadata import METADATA_FILE, CheckpointMetadata, SavedChunk, TensorEntry, ValueEntry, WriterInfo
+from .options import SaveOptions
+from .planner import GlobalSavePlan, LocalSavePlan, global_save_plan, local_save_plan
+from .state import flatten_state
+from .storage import Storage
+from .writer import DATA_DIR, WrittenChunk, data_file_name, snapshot, write_rank_data
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SaveSummary:
+    """What a save did, as seen from this rank."""
+
+    path: str
+    rank: int
+    world_size: int
+    bytes_written: int
+    total_bytes: int
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.phase_seconds.values())
+
+
+def run_save(storage: Storage, state: dict, framework: str | None, opts: SaveOptions) -> SaveSummary:
+    comm = Communicator(opts.process_group, opts.timeout)
+    timings: dict[str, float] = {}
+    local: dict[str, Any] = {}
+
+    def plan_step() -> tuple[LocalSavePlan, str | None]:
+        tensors, values = flatten_state(state)
+        local["pieces"] = {(t.path, p.box): p.data for t in tensors for p in t.pieces}
+        save_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}" if comm.is_coordinator else None
+        return local_save_plan(tensors, values, opts.allow_pickle), save_id
+
+    start = time.perf_counter()
+    gathered = comm.phase("save planning", plan_step)
+    save_id = gathered[0][1]
+    plan = global_save_plan([p for p, _ in gathered])
+    timings["plan"] = time.perf_counter() - start
+
+    def write_step() -> list[WrittenChunk]:
+        keys = plan.writes[comm.rank]
+        data = {key: snapshot(local["pieces"][key], copy=False) for key in keys}
+        return write_rank_data(storage, data_file_name(save_id, comm.rank), keys, data, opts.block_size)
+
+    start = time.perf_counter()
+    written = comm.phase("save write", write_step)
+    timings["write"] = time.perf_counter() - start
+
+    def commit_step() -> None:
+        if not comm.is_coordinator:
+            return
+        metadata = build_metadata(plan, written, framework, comm.world_size, opts.block_size, opts.layout)
+        storage.commit(METADATA_FILE, metadata.to_json())
+        keep = set(metadata.data_files)
+        for name in storage.list(DATA_DIR):
+            if name not in keep:
+                storage.delete(name)
+
+    start = time.perf_counter()
+    comm.phase("save commit", commit_step)
+    timings["commit"] = time.perf_counter() - start
+    mine = sum(c.location.length for c in written[comm.rank])
+    total = sum(c.location.length for chunks in written for c in chunks)
+    log.info("saved %s: %d bytes (%d by rank %d) in %.3fs", storage.url, total, mine, comm.rank, sum(timings.values()))
+    return SaveSummary(storage.url, comm.rank, comm.world_size, mine, total, timings)
+
+
+def build_metadata(
+    plan: GlobalSavePlan,
+    written: list[list[WrittenChunk]],
+    framework: str | None,
+    world_size: int,
+    block_size: int,
+    layout: dict[str, Any],
+) -> CheckpointMetadata:
+    chunks: dict[tuple, list[SavedChunk]] = {path: [] for path in plan.tensors}
+    for rank_chunks in written:
+        for c in rank_chunks:
+            chunks[c.path].append(SavedChunk(c.box, c.location, c.hashes))
+    tensors = tuple(
+        TensorEntry(path, spec.dtype, spec.shape, tuple(sorted(chunks[path], key=lambda c: c.box.offsets)))
+        for path, spec in plan.tensors.items()
+    )
+    values = tuple(ValueEntry(path, encoded) for path, encoded in plan.values.items())
+    writer = WriterInfo(
+        library="bytecheckpoint",
+        library_version=__version__,
+        framework=framework,
+        world_size=world_size,
+        layout={**layout, "bytes_per_rank": [plan.bytes_per_rank[r] for r in range(world_size)]},
+    )
+    return CheckpointMetadata(writer=writer, block_size=block_size, tensors=tensors, values=values)

@@ -28,8 +28,8 @@ from .errors import (  # noqa: E402
     UnsupportedValueError,
     UnsupportedVersionError,
 )
-from .load import LoadSummary, VerifyReport  # noqa: E402
-from .save import SaveSummary  # noqa: E402
+from .loader import LoadSummary, VerifyReport  # noqa: E402
+from .saver import SaveSummary  # noqa: E402
 from .shards import FlatShard, ShardedTensor  # noqa: E402
 
 __all__ = [

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .load import LoadSummary, VerifyReport, load_full_state, run_load, verify_checkpoint
+from .loader import LoadSummary, VerifyReport, load_full_state, run_load, verify_checkpoint
 from .options import LoadOptions, SaveOptions
-from .save import SaveSummary, run_save
+from .saver import SaveSummary, run_save
 from .storage import Storage, resolve_storage
 
 CheckpointPath = str | os.PathLike[str] | Storage

@@ -103,7 +103,15 @@ def checkpoint_group(timeout_s: float) -> Any:
     key = (id(dist.distributed_c10d._get_default_group()), float(timeout_s))
     group = _groups.get(key)
     if group is None:
-        group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+        try:
+            group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+        except Exception as exc:  # a rank never arrived
+            world = dist.get_world_size()
+            raise DistributedCheckpointError(
+                "checkpoint group setup",
+                {r: f"did not join within {timeout_s:.0f}s ({type(exc).__name__}: {exc})"
+                 for r in range(world) if r != dist.get_rank()},
+            ) from exc
         _groups[key] = group
     return group
 

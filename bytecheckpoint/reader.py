@@ -124,8 +124,8 @@ def _read_range(storage: Storage, rng: _Range, block_size: int) -> int:
         short = sorted({item.entry.fqn for item, _, _ in rng.items
                         if item.chunk.location.offset + item.chunk.location.length > rng.start + got})
         raise TruncatedDataError(
-            f"{where}: data file ends at byte {rng.start + got}, but tensor(s) {short} need bytes up to "
-            f"{rng.end} (the file is truncated)"
+            f"{where}: truncated: the data file ends at byte {rng.start + got}, but tensor(s) {short} "
+            f"need bytes up to {rng.end}"
         )
     raw = memoryview(buffer.numpy())
     verified: set[tuple[int, int]] = set()

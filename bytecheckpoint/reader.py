@@ -76,20 +76,34 @@ class _Range:
     start: int
     end: int
     items: list[tuple[CopyItem, int, int]]  # item, first block, end block
+    direct: bool = False  # one whole chunk read straight into its (contiguous CPU) destination
+
+
+def _reads_directly(item: CopyItem) -> bool:
+    return (
+        item.overlap == item.chunk.box
+        and item.dest.is_contiguous()
+        and item.dest.device.type == "cpu"
+    )
 
 
 def _merge_ranges(items: Iterable[CopyItem], block_size: int) -> list[_Range]:
     spans = []
+    ranges: list[_Range] = []
     for item in items:
+        if _reads_directly(item):
+            loc = item.chunk.location
+            ranges.append(_Range(loc.file, loc.offset, loc.offset + loc.length,
+                                 [(item, 0, len(item.chunk.block_hashes))], direct=True))
+            continue
         lo, hi = item.block_range(block_size)
         loc = item.chunk.location
         start = loc.offset + lo * block_size
         end = loc.offset + min(hi * block_size, loc.length)
         spans.append((loc.file, start, end, item, lo, hi))
     spans.sort(key=lambda s: (s[0], s[1], s[2]))
-    ranges: list[_Range] = []
     for file, start, end, item, lo, hi in spans:
-        last = ranges[-1] if ranges else None
+        last = ranges[-1] if ranges and not ranges[-1].direct else None
         if (
             last is not None
             and last.file == file
@@ -114,7 +128,10 @@ def execute_copies(storage: Storage, items: list[CopyItem], block_size: int, thr
 
 def _read_range(storage: Storage, rng: _Range, block_size: int) -> int:
     where = storage.describe(rng.file)
-    buffer = torch.empty(rng.end - rng.start, dtype=torch.uint8)
+    if rng.direct:
+        buffer = rng.items[0][0].dest.reshape(-1).view(torch.uint8)
+    else:
+        buffer = torch.empty(rng.end - rng.start, dtype=torch.uint8)
     try:
         got = storage.read_into(rng.file, rng.start, memoryview(buffer.numpy()))
     except FileNotFoundError:
@@ -146,7 +163,8 @@ def _read_range(storage: Storage, rng: _Range, block_size: int) -> int:
                         f"xxh3 {actual}, expected {expected}"
                     )
                 verified.add((loc.offset, block))
-            item.dest.copy_(_source_view(buffer, rng.start, item))
+            if not rng.direct:
+                item.dest.copy_(_source_view(buffer, rng.start, item))
     return len(buffer)
 
 

@@ -1,0 +1,144 @@
+"""Save/load throughput on local disk against the physical limit and against PyTorch DCP.
+
+In each round, interleaved (A B C, then B C A, ...), on the same state, old files deleted first:
+  raw write  - the same bytes written to one file and fsync'd (the disk's limit)
+  bcp save   - bytecheckpoint.save (fsync'd, checksummed)
+  dcp save   - torch.distributed.checkpoint.save
+  raw read / bcp load / dcp load - cold reads (page cache dropped for the files with fadvise)
+Medians over rounds are printed with ratios and written as JSON.
+
+    python tools/bench_checkpoint.py --mib 1024 --tensors 32 --rounds 5 --out bench-results/checkpoint.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed.checkpoint as dcp
+
+import bytecheckpoint as bcp
+
+
+def make_state(mib: int, tensors: int) -> dict[str, torch.Tensor]:
+    numel = mib * (1 << 20) // 4 // tensors
+    g = torch.Generator().manual_seed(0)
+    return {f"layer{i}.weight": torch.randn(numel, generator=g) for i in range(tensors)}
+
+
+def drop_cache(root: Path) -> None:
+    for path in [root] if root.is_file() else root.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def raw_write(state: dict[str, torch.Tensor], path: Path) -> None:
+    with open(path, "wb", buffering=0) as f:
+        for t in state.values():
+            f.write(memoryview(t.numpy()).cast("B"))
+        os.fsync(f.fileno())
+
+
+def raw_read(state: dict[str, torch.Tensor], path: Path) -> None:
+    with open(path, "rb", buffering=0) as f:
+        for t in state.values():
+            f.readinto(memoryview(t.numpy()).cast("B"))
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mib", type=int, default=1024)
+    parser.add_argument("--tensors", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--dir", default=None, help="scratch directory on the disk to measure (default: temp)")
+    parser.add_argument("--out", default="bench-results/checkpoint.json")
+    args = parser.parse_args()
+
+    state = make_state(args.mib, args.tensors)
+    target = {k: torch.empty_like(v) for k, v in state.items()}
+    nbytes = sum(t.numel() * t.element_size() for t in state.values())
+    scratch = Path(tempfile.mkdtemp(prefix="bcp-bench-", dir=args.dir))
+    paths = {"raw": scratch / "raw.bin", "bcp": scratch / "bcp", "dcp": scratch / "dcp"}
+    save_ops: dict[str, Callable[[], object]] = {
+        "raw": lambda: raw_write(state, paths["raw"]),
+        "bcp": lambda: bcp.save(paths["bcp"], state),
+        "dcp": lambda: dcp.save(state, checkpoint_id=str(paths["dcp"])),
+    }
+    load_ops: dict[str, Callable[[], object]] = {
+        "raw": lambda: raw_read(target, paths["raw"]),
+        "bcp": lambda: bcp.load(paths["bcp"], target),
+        "dcp": lambda: dcp.load(target, checkpoint_id=str(paths["dcp"])),
+    }
+    times: dict[str, list[float]] = {f"{k}_{op}": [] for k in save_ops for op in ("save", "load")}
+    try:
+        names = list(save_ops)
+        for r in range(args.rounds):
+            order = names[r % len(names):] + names[: r % len(names)]  # rotate who goes first
+            for name in order:
+                if paths[name].is_dir():
+                    shutil.rmtree(paths[name])
+                elif paths[name].exists():
+                    paths[name].unlink()
+                times[f"{name}_save"].append(timed(save_ops[name]))
+                drop_cache(paths[name])
+            for name in order:
+                times[f"{name}_load"].append(timed(load_ops[name]))
+            assert all(torch.equal(target[k], state[k]) for k in state), "loaded values differ"
+            print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    gbps = {k: nbytes / v / 1e9 for k, v in med.items()}
+    ratios = {
+        "bcp_save_vs_raw_throughput": med["raw_save"] / med["bcp_save"],
+        "bcp_load_vs_raw_throughput": med["raw_load"] / med["bcp_load"],
+        "dcp_save_time_over_bcp": med["dcp_save"] / med["bcp_save"],
+        "dcp_load_time_over_bcp": med["dcp_load"] / med["bcp_load"],
+    }
+    print(f"\nstate: {nbytes / 2**20:.0f} MiB in {args.tensors} float32 tensors; medians of {args.rounds} rounds")
+    print(f"{'system':<10}{'save s':>9}{'GB/s':>7}{'load s':>9}{'GB/s':>7}")
+    for name in save_ops:
+        print(f"{name:<10}{med[name + '_save']:>9.3f}{gbps[name + '_save']:>7.2f}"
+              f"{med[name + '_load']:>9.3f}{gbps[name + '_load']:>7.2f}")
+    for k, v in ratios.items():
+        print(f"{k:<32}{v:6.2f}")
+    result = {
+        "benchmark": "checkpoint_local_disk",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": {"node": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "bytes": nbytes,
+        "tensors": args.tensors,
+        "rounds": args.rounds,
+        "seconds": times,
+        "median_seconds": med,
+        "median_gb_per_s": gbps,
+        "ratios": ratios,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

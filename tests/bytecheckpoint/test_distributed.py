@@ -136,3 +136,36 @@ def test_corruption_seen_by_one_rank_fails_the_load_on_all(tmp_path) -> None:
     data.write_bytes(bytes(raw))
     messages = run_ranks(2, _load_corrupt, str(path))
     assert all("failed on rank(s) 1" in m and "'w'" in m for m in messages)
+
+
+def _dtensor_2d_state(rank: int, world: int, fill: bool) -> dict:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(9, 7, generator=g), torch.randn(5, 11, generator=g)
+    if not fill:
+        a, b = torch.zeros_like(a), torch.zeros_like(b)
+    if world == 4:
+        mesh = init_device_mesh("cpu", (2, 2))
+        return {"a": distribute_tensor(a, mesh, [Replicate(), Shard(0)]), "b": distribute_tensor(b, mesh, [Shard(1), Shard(0)])}
+    mesh = init_device_mesh("cpu", (world,))
+    return {"a": distribute_tensor(a, mesh, [Shard(1)]), "b": distribute_tensor(b, mesh, [Replicate()])}
+
+
+def _save_2d(rank: int, world: int, path: str) -> int:
+    return bcp.save(path, _dtensor_2d_state(rank, world, True), timeout=60).bytes_written
+
+
+def _load_2d(rank: int, world: int, path: str) -> bool:
+    state = _dtensor_2d_state(rank, world, False)
+    bcp.load(path, state, timeout=60)
+    expected = _dtensor_2d_state(rank, world, True)
+    return all(torch.equal(state[k].full_tensor(), expected[k].full_tensor()) for k in state)
+
+
+def test_dtensors_on_a_2d_mesh_with_replicas_reshard_to_a_1d_mesh(tmp_path) -> None:
+    path = str(tmp_path / "ck")
+    written = run_ranks(4, _save_2d, path)
+    assert sum(written) == (9 * 7 + 5 * 11) * 4  # replicas along the first mesh dim written once
+    assert run_ranks(2, _load_2d, path) == [True, True]

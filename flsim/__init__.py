@@ -1,0 +1,1 @@
+"""Federated-learning round instrumentation over real and emulated links (see issue: flsim)."""

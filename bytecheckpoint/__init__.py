@@ -30,7 +30,7 @@ from .errors import (  # noqa: E402
 )
 from .loader import LoadSummary, VerifyReport  # noqa: E402
 from .saver import SaveSummary  # noqa: E402
-from .shards import FlatShard, ShardedTensor  # noqa: E402
+from .shards import FlatShard, RankLocal, ShardedTensor  # noqa: E402
 
 __all__ = [
     "CheckpointError",
@@ -44,6 +44,7 @@ __all__ = [
     "MetadataError",
     "MissingKeyError",
     "PlanError",
+    "RankLocal",
     "SaveSummary",
     "ShapeMismatchError",
     "ShardedTensor",

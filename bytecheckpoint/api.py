@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .frameworks import resolve_framework
 from .loader import LoadSummary, VerifyReport, load_full_state, run_load, verify_checkpoint
 from .options import LoadOptions, SaveOptions
 from .saver import SaveSummary, run_save
@@ -16,15 +17,18 @@ CheckpointPath = str | os.PathLike[str] | Storage
 def save(ckpt_path: CheckpointPath, checkpoint_state: dict, framework: str | None = None, **options: Any) -> SaveSummary:
     """Save ``checkpoint_state`` (a nested dict) to ``ckpt_path``; call it on every rank.
 
+    ``framework`` ("ddp", "fsdp", "fsdp2") takes ``{"model": module, "optimizer": optim,
+    "extra_state": {...}, "dataloader": loader}`` instead; with None the state is saved as it is.
+
     Values may be ``torch.Tensor`` (replicated on all ranks: written once), ``DTensor``,
     :class:`ShardedTensor`, :class:`FlatShard`, or plain Python data (taken from the lowest rank
     that has it). Options: ``fsync``, ``block_size``, ``layout``, ``timeout`` (seconds for the
     ranks' collectives), ``process_group``, ``allow_pickle``. The checkpoint becomes visible only
     when its metadata is committed, after every rank has written its data.
     """
-    _check_framework(framework)
+    adapter = resolve_framework(framework)
     opts = SaveOptions.from_kwargs("save", options)
-    return run_save(resolve_storage(ckpt_path, fsync=opts.fsync), checkpoint_state, framework, opts)
+    return run_save(resolve_storage(ckpt_path, fsync=opts.fsync), checkpoint_state, framework, opts, adapter)
 
 
 def load(
@@ -41,9 +45,9 @@ def load(
     errors; shape and dtype mismatches always are. Options: ``timeout``, ``process_group``,
     ``allow_pickle``, ``read_threads``. Call it on every rank.
     """
-    _check_framework(framework)
+    adapter = resolve_framework(framework)
     opts = LoadOptions.from_kwargs("load", options)
-    return run_load(resolve_storage(ckpt_path), checkpoint_state, strict, opts)
+    return run_load(resolve_storage(ckpt_path), checkpoint_state, strict, opts, adapter)
 
 
 def load_full(ckpt_path: CheckpointPath, allow_pickle: bool = False) -> dict:
@@ -54,11 +58,3 @@ def load_full(ckpt_path: CheckpointPath, allow_pickle: bool = False) -> dict:
 def verify(ckpt_path: CheckpointPath) -> VerifyReport:
     """Check every stored byte against its checksum; raises CorruptCheckpointError naming file and tensor."""
     return verify_checkpoint(resolve_storage(ckpt_path))
-
-
-def _check_framework(framework: str | None) -> None:
-    if framework is not None:
-        raise ValueError(
-            f"framework={framework!r}: no framework adapter is available in this version; pass "
-            "framework=None with tensors, DTensors, ShardedTensor or FlatShard values"
-        )

@@ -29,6 +29,7 @@ from .errors import (
     TruncatedDataError,
     UnexpectedKeyError,
 )
+from .frameworks import FrameworkAdapter, SavedCheckpoint
 from .metadata import METADATA_FILE, CheckpointMetadata, Path, TensorEntry, fqn_of
 from .options import LoadOptions
 from .reader import CopyItem, execute_copies, plan_copies
@@ -70,7 +71,9 @@ def _read_metadata_bytes(storage: Storage) -> bytes:
         ) from None
 
 
-def run_load(storage: Storage, state: dict, strict: bool, opts: LoadOptions) -> LoadSummary:
+def run_load(
+    storage: Storage, state: dict, strict: bool, opts: LoadOptions, adapter: FrameworkAdapter | None = None
+) -> LoadSummary:
     comm = Communicator(opts.process_group, opts.timeout)
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -79,10 +82,13 @@ def run_load(storage: Storage, state: dict, strict: bool, opts: LoadOptions) -> 
     timings["metadata"] = time.perf_counter() - start
 
     def load_step() -> int:
-        items, values = match_state(metadata, state, strict, opts.allow_pickle)
+        targets = adapter.load_targets(state, SavedCheckpoint(metadata, opts.allow_pickle)) if adapter else state
+        items, values = match_state(metadata, targets, strict, opts.allow_pickle)
         nbytes = execute_copies(storage, items, metadata.block_size, opts.read_threads)
         for path, value in values.items():
-            _assign(state, path, value)
+            _assign(targets, path, value)
+        if adapter:
+            adapter.finish_load(state, targets)
         return nbytes
 
     start = time.perf_counter()
@@ -99,9 +105,10 @@ def match_state(
     tensors, values = flatten_state(state)
     saved = {t.path: t for t in metadata.tensors}
     saved_values = {v.path: v for v in metadata.values}
+    per_rank = _rank_local_paths(saved_values, [v.path for v in values if v.rank_local])
     missing = [t.fqn for t in tensors if t.path not in saved]
-    missing += [v.fqn for v in values if v.path not in saved_values and v.path not in saved]
-    wanted = {t.path for t in tensors} | {v.path for v in values}
+    missing += [v.fqn for v in values if v.path not in saved_values and v.path not in saved and not per_rank.get(v.path)]
+    wanted = {t.path for t in tensors} | {v.path for v in values} | {p for ps in per_rank.values() for p in ps}
     unexpected = [fqn_of(p) for p in (*saved, *saved_values) if p not in wanted]
     if strict and missing:
         raise MissingKeyError(f"checkpoint has no entry for key(s) {_names(missing)} (strict load)")
@@ -126,13 +133,26 @@ def match_state(
     items = [item for t in tensors if t.path in saved for item in plan_copies(saved[t.path], t.pieces)]
     out: dict[Path, Any] = {}
     for v in values:
-        if v.path in saved_values:
+        if v.rank_local:
+            if per_rank.get(v.path):
+                out[v.path] = {p[-1]: decode_value(saved_values[p].encoded, fqn_of(p), allow_pickle) for p in per_rank[v.path]}
+        elif v.path in saved_values:
             out[v.path] = decode_value(saved_values[v.path].encoded, v.fqn, allow_pickle)
         elif v.path in saved:  # a placeholder where a tensor was saved: load it whole
             whole, pieces = _whole_tensor(saved[v.path])
             items += plan_copies(saved[v.path], pieces)
             out[v.path] = whole
     return items, out
+
+
+def _rank_local_paths(saved_values: dict[Path, Any], prefixes: list[Path]) -> dict[Path, list[Path]]:
+    """For each RankLocal key, the saved paths of its per-rank values (the key plus a rank)."""
+    wanted = set(prefixes)
+    out: dict[Path, list[Path]] = {p: [] for p in prefixes}
+    for path in saved_values:
+        if path[:-1] in wanted and isinstance(path[-1], int):
+            out[path[:-1]].append(path)
+    return {k: sorted(v, key=lambda p: p[-1]) for k, v in out.items()}
 
 
 def _whole_tensor(entry: TensorEntry) -> tuple[torch.Tensor, list[TensorPiece]]:

@@ -55,13 +55,18 @@ class GlobalSavePlan:
     bytes_per_rank: dict[int, int] = field(default_factory=dict)
 
 
-def local_save_plan(tensors: list[TensorItem], values: list[ValueItem], allow_pickle: bool) -> LocalSavePlan:
+def local_save_plan(
+    tensors: list[TensorItem], values: list[ValueItem], allow_pickle: bool, rank: int = 0
+) -> LocalSavePlan:
+    """This rank's plan; rank-local values are stored under their path plus ``rank``."""
     return LocalSavePlan(
         tensors=tuple(
             LocalTensorPlan(t.path, dtype_name(t.dtype, t.fqn), t.global_shape, tuple(p.box for p in t.pieces))
             for t in tensors
         ),
-        values=tuple((v.path, encode_value(v.value, v.fqn, allow_pickle)) for v in values),
+        values=tuple(
+            ((*v.path, rank) if v.rank_local else v.path, encode_value(v.value, v.fqn, allow_pickle)) for v in values
+        ),
     )
 
 
@@ -88,6 +93,11 @@ def global_save_plan(plans: list[LocalSavePlan]) -> GlobalSavePlan:
             if path in specs:
                 raise PlanError(f"{fqn_of(path)!r} is a tensor on some ranks and a plain value on others")
             values.setdefault(path, encoded)
+
+    tensor_prefixes = {path[:i] for path in specs for i in range(1, len(path))}
+    for path in values:
+        if path in tensor_prefixes:
+            raise PlanError(f"{fqn_of(path)!r} is a plain value on some ranks but holds tensors on others")
 
     boxes_by_tensor: dict[Path, list[ShardBox]] = {}
     for path, box in holders:

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import __version__
 from .collectives import Communicator
+from .frameworks import FrameworkAdapter
 from .metadata import METADATA_FILE, CheckpointMetadata, SavedChunk, TensorEntry, ValueEntry, WriterInfo
 from .options import SaveOptions
 from .planner import GlobalSavePlan, LocalSavePlan, global_save_plan, local_save_plan
@@ -44,16 +45,22 @@ class SaveSummary:
         return sum(self.phase_seconds.values())
 
 
-def run_save(storage: Storage, state: dict, framework: str | None, opts: SaveOptions) -> SaveSummary:
+def run_save(
+    storage: Storage,
+    state: dict,
+    framework: str | None,
+    opts: SaveOptions,
+    adapter: FrameworkAdapter | None = None,
+) -> SaveSummary:
     comm = Communicator(opts.process_group, opts.timeout)
     timings: dict[str, float] = {}
     local: dict[str, Any] = {}
 
     def plan_step() -> tuple[LocalSavePlan, str | None]:
-        tensors, values = flatten_state(state)
+        tensors, values = flatten_state(adapter.save_state(state) if adapter else state)
         local["pieces"] = {(t.path, p.box): p.data for t in tensors for p in t.pieces}
         save_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}" if comm.is_coordinator else None
-        return local_save_plan(tensors, values, opts.allow_pickle), save_id
+        return local_save_plan(tensors, values, opts.allow_pickle, comm.rank), save_id
 
     start = time.perf_counter()
     gathered = comm.phase("save planning", plan_step)
@@ -67,14 +74,26 @@ def run_save(storage: Storage, state: dict, framework: str | None, opts: SaveOpt
         return write_rank_data(storage, data_file_name(save_id, comm.rank), keys, data, opts.block_size)
 
     start = time.perf_counter()
-    written = comm.phase("save write", write_step)
+    try:
+        written = comm.phase("save write", write_step)
+    except BaseException:  # another rank (or this one) failed: remove this rank's file of this save
+        _discard(storage, [data_file_name(save_id, comm.rank)])
+        raise
     timings["write"] = time.perf_counter() - start
 
     def commit_step() -> None:
         if not comm.is_coordinator:
             return
         metadata = build_metadata(plan, written, framework, comm.world_size, opts.block_size, opts.layout)
-        storage.commit(METADATA_FILE, metadata.to_json())
+        encoded = metadata.to_json()
+        try:
+            storage.commit(METADATA_FILE, encoded)
+        except BaseException:
+            # the data files are garbage unless the metadata did get published (e.g. only the
+            # directory fsync failed): then they are a committed checkpoint's and must stay
+            if not _is_committed(storage, encoded):
+                _discard(storage, metadata.data_files)
+            raise
         keep = set(metadata.data_files)
         for name in storage.list(DATA_DIR):
             if name not in keep:
@@ -114,3 +133,22 @@ def build_metadata(
         layout={**layout, "bytes_per_rank": [plan.bytes_per_rank[r] for r in range(world_size)]},
     )
     return CheckpointMetadata(writer=writer, block_size=block_size, tensors=tensors, values=values)
+
+
+def _is_committed(storage: Storage, encoded: bytes) -> bool:
+    """Whether the metadata now stored is ``encoded``; True when that cannot be told (keep data)."""
+    try:
+        return storage.read(METADATA_FILE) == encoded
+    except FileNotFoundError:
+        return False
+    except Exception:  # noqa: BLE001 - unknown: err on the side of keeping the files
+        return True
+
+
+def _discard(storage: Storage, names: list[str]) -> None:
+    """Best-effort removal of a failed save's data files (what remains is unreferenced garbage)."""
+    for name in names:
+        try:
+            storage.delete(name)
+        except Exception as exc:  # noqa: BLE001 - the save already failed; don't mask its error
+            log.warning("could not remove %s after a failed save: %s", storage.describe(name), exc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -65,3 +65,16 @@ class FlatShard:
                 f"FlatShard range [{self.flat_offset}, {self.flat_offset + self.data.numel()}) is outside a "
                 f"global tensor of shape {self.global_shape} ({total} elements)"
             )
+
+
+@dataclass(frozen=True)
+class RankLocal:
+    """A plain value that differs from rank to rank (a dataloader's read position, an RNG state).
+
+    Plain values are otherwise taken as replicated (the lowest rank's copy is saved). Saving stores
+    every rank's ``value``, under this key plus the rank number. Loading puts ``{rank: value}`` of
+    every rank that saved at this key (use ``RankLocal()`` as the placeholder), so the caller can
+    redistribute the parts when the world size changed.
+    """
+
+    value: Any = None

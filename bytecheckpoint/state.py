@@ -1,6 +1,7 @@
 """Turning a nested state dict into tensor items (boxes of global tensors) and plain values.
 
-Dicts are walked while they hold tensors; a subtree with no tensor in it is one plain value.
+Dicts are walked while they hold tensors (or RankLocal values); a subtree with neither is one
+plain value.
 Keys are strings or integers; a key path joined by dots is the entry's fully qualified name.
 """
 
@@ -15,7 +16,7 @@ from torch.distributed.tensor import DTensor, Partial
 from .boxes import ShardBox, flat_range_to_boxes
 from .errors import UnsupportedValueError
 from .metadata import Path, fqn_of
-from .shards import FlatShard, ShardedTensor
+from .shards import FlatShard, RankLocal, ShardedTensor
 
 TENSOR_TYPES = (torch.Tensor, ShardedTensor, FlatShard)
 
@@ -44,6 +45,7 @@ class TensorItem:
 class ValueItem:
     path: Path
     value: Any
+    rank_local: bool = False
 
     @property
     def fqn(self) -> str:
@@ -59,6 +61,8 @@ def flatten_state(state: dict) -> tuple[list[TensorItem], list[ValueItem]]:
     for path, leaf in _walk(state, ()):
         if isinstance(leaf, TENSOR_TYPES):
             tensors.append(tensor_item(path, leaf))
+        elif isinstance(leaf, RankLocal):
+            values.append(ValueItem(path, leaf.value, rank_local=True))
         else:
             values.append(ValueItem(path, leaf))
     return tensors, values
@@ -69,9 +73,9 @@ def _walk(node: dict, prefix: Path) -> Iterator[tuple[Path, Any]]:
         if isinstance(key, bool) or not isinstance(key, (str, int)):
             raise UnsupportedValueError(f"{fqn_of(prefix) or '<root>'}: key {key!r} must be a str or int")
         path = (*prefix, key)
-        if isinstance(value, dict) and _holds_tensor(value):
+        if isinstance(value, dict) and _needs_walk(value):
             yield from _walk(value, path)
-        elif isinstance(value, (list, tuple)) and _holds_tensor(value):
+        elif isinstance(value, (list, tuple)) and _needs_walk(value):
             raise UnsupportedValueError(
                 f"{fqn_of(path)}: tensors inside a {type(value).__name__} are not supported; use a dict"
             )
@@ -79,13 +83,14 @@ def _walk(node: dict, prefix: Path) -> Iterator[tuple[Path, Any]]:
             yield path, value
 
 
-def _holds_tensor(node: Any) -> bool:
-    if isinstance(node, TENSOR_TYPES):
+def _needs_walk(node: Any) -> bool:
+    """Whether a container holds a tensor or a RankLocal, which must keep paths of their own."""
+    if isinstance(node, (*TENSOR_TYPES, RankLocal)):
         return True
     if isinstance(node, dict):
-        return any(_holds_tensor(v) for v in node.values())
+        return any(_needs_walk(v) for v in node.values())
     if isinstance(node, (list, tuple)):
-        return any(_holds_tensor(v) for v in node)
+        return any(_needs_walk(v) for v in node)
     return False
 
 

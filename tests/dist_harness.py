@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import queue as queue_mod
 import tempfile
 import time
@@ -31,7 +32,8 @@ def _entry(rank: int, world: int, store: str, fn: Callable, args: tuple, queue: 
         dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
                                 timeout=timedelta(seconds=60))
         result = fn(rank, world, *args)
-        queue.put((rank, True, result, ""))
+        # plain pickle (not torch's shared-memory reduction): the child may exit before the parent reads
+        queue.put((rank, True, pickle.dumps(result), ""))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         queue.put((rank, False, type(exc).__name__, traceback.format_exc()))
     finally:
@@ -73,4 +75,4 @@ def run_ranks(world: int, fn: Callable, *args: Any, timeout: float = 180.0) -> l
             failures[r] = ("NoResult", f"rank {r} exited (code {procs[r].exitcode}) or hung without a result")
     if failures:
         raise RankFailure(failures)
-    return [results[r][1] for r in range(world)]
+    return [pickle.loads(results[r][1]) for r in range(world)]

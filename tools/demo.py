@@ -1,7 +1,9 @@
-"""Demo: 4 gloo ranks save a sharded training-like state to local disk; 2 ranks load it
-resharded, check every element, and print sizes, times and throughput.
+"""Demo: train a small transformer LM with FSDP2 on 4 gloo ranks, checkpoint every K steps, stop,
+then resume from the latest checkpoint twice: on 4 ranks (the loss curve must equal an
+uninterrupted 4-rank run) and on 2 ranks (model, AdamW state, dataloader position and RNG
+resharded; the data-parallel degree changed, so batches differ but no sample is lost or repeated).
 
-    python tools/demo.py [--dir out/demo-ckpt] [--mib 256]
+    python tools/demo.py [--dir out/demo] [--steps 16] [--stop-at 10] [--every 5]
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -19,115 +23,126 @@ import torch.multiprocessing as mp
 from rich.console import Console
 from rich.table import Table
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.tensor import Shard, distribute_tensor
+from torch.distributed.fsdp import fully_shard
 
-import bytecheckpoint as bcp
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-LAYERS = 8
+import bytecheckpoint as bcp  # noqa: E402
+from integrations.reshardable import RNGState  # noqa: E402
+from integrations.token_stream import TokenStream, TokenStreamLoader  # noqa: E402
+from tiny_lm import TinyLM  # noqa: E402
 
-
-def layer_shapes(mib: int) -> tuple[int, int]:
-    """Rows and columns of each weight so that weights + two optimizer moments total ~``mib`` MiB."""
-    per_layer = mib * (1 << 20) // (LAYERS * 3 * 4)
-    cols = 1024
-    return max(1, per_layer // cols) + 3, cols  # +3: rows not divisible by the world sizes
-
-
-def global_weight(layer: int, shape: tuple[int, int]) -> torch.Tensor:
-    return torch.randn(shape, generator=torch.Generator().manual_seed(layer))
+GLOBAL_BATCH = 8
+SEQ_LEN = 48
+STREAM = TokenStream(num_docs=4000, vocab_size=256, min_len=16, max_len=200, seed=1)
 
 
-def build_state(rank: int, world: int, mib: int, fill: bool) -> dict:
-    """FSDP2-like weights (DTensor Shard(0)) and FSDP1-like flat optimizer moments."""
+def build(world: int, rank: int) -> tuple[torch.nn.Module, torch.optim.Optimizer, TokenStreamLoader]:
+    torch.manual_seed(0)
+    model = TinyLM()
     mesh = init_device_mesh("cpu", (world,))
-    shape = layer_shapes(mib)
-    numel = shape[0] * shape[1]
-    lo, hi = numel * rank // world, numel * (rank + 1) // world
-    state: dict = {"model": {}, "optim": {}, "extra": {"step": 1000, "lr": 3e-4} if fill else None}
-    for layer in range(LAYERS):
-        w = global_weight(layer, shape) if fill else torch.zeros(shape)
-        state["model"][f"layers.{layer}.weight"] = distribute_tensor(w, mesh, [Shard(0)])
-        flat = w.reshape(-1)[lo:hi].clone() if fill else torch.zeros(hi - lo)
-        state["optim"][f"layers.{layer}.exp_avg"] = bcp.FlatShard(flat * 0.5, shape, lo)
-        state["optim"][f"layers.{layer}.exp_avg_sq"] = bcp.FlatShard(flat * flat, shape, lo)
-    return state
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    optim = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    loader = TokenStreamLoader(STREAM, GLOBAL_BATCH // world, SEQ_LEN, rank, world)
+    return model, optim, loader
 
 
-def check(state: dict, mib: int) -> int:
-    shape = layer_shapes(mib)
-    checked = 0
-    for layer in range(LAYERS):
-        ref = global_weight(layer, shape)
-        dt = state["model"][f"layers.{layer}.weight"]
-        assert torch.equal(dt.full_tensor(), ref), f"weight {layer} differs"
-        for name, expect in (("exp_avg", ref * 0.5), ("exp_avg_sq", ref * ref)):
-            shard: bcp.FlatShard = state["optim"][f"layers.{layer}.{name}"]
-            piece = expect.reshape(-1)[shard.flat_offset : shard.flat_offset + shard.data.numel()]
-            assert torch.equal(shard.data, piece), f"{name} {layer} differs"
-            checked += shard.data.numel()
-        checked += dt.to_local().numel()
-    assert state["extra"] == {"step": 1000, "lr": 3e-4}
-    return checked
+def train_step(model, optim, loader) -> float:
+    tokens, _ = next(loader)
+    loss = model.loss(tokens)
+    optim.zero_grad()
+    loss.backward()
+    optim.step()
+    mean = loss.detach().clone()
+    dist.all_reduce(mean)
+    return mean.item() / dist.get_world_size()
 
 
-def worker(rank: int, world: int, store: str, path: str, mib: int, mode: str, results: dict) -> None:
+def worker(rank: int, world: int, store: str, job: dict, results: dict) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=300))
     try:
-        state = build_state(rank, world, mib, fill=mode == "save")
-        dist.barrier()
-        start = time.perf_counter()
-        if mode == "save":
-            summary = bcp.save(path, state)
-            elapsed = time.perf_counter() - start
-            results[rank] = {"seconds": elapsed, "bytes": summary.bytes_written, "total": summary.total_bytes}
-        else:
-            summary = bcp.load(path, state)
-            elapsed = time.perf_counter() - start
-            results[rank] = {"seconds": elapsed, "bytes": summary.bytes_read, "checked": check(state, mib)}
+        model, optim, loader = build(world, rank)
+        state = {"model": model, "optimizer": optim, "dataloader": loader, "rng": RNGState(), "extra_state": {"step": 0}}
+        out: dict = {"losses": {}, "saves": [], "load": None}
+        first = 1
+        if job.get("resume_from"):
+            start = time.perf_counter()
+            summary = bcp.load(job["resume_from"], state, framework="fsdp2")
+            out["load"] = {"seconds": time.perf_counter() - start, "bytes": summary.bytes_read}
+            first = state["extra_state"]["step"] + 1
+        for step in range(first, job["last_step"] + 1):
+            out["losses"][step] = train_step(model, optim, loader)
+            if job.get("every") and step % job["every"] == 0:
+                state["extra_state"] = {"step": step}
+                start = time.perf_counter()
+                summary = bcp.save(os.path.join(job["dir"], f"step_{step:05d}"), state, framework="fsdp2")
+                out["saves"].append({"step": step, "seconds": time.perf_counter() - start, "bytes": summary.total_bytes})
+        if rank == 0:
+            results.update(out)
     finally:
         dist.destroy_process_group()
 
 
-def run(world: int, path: str, mib: int, mode: str) -> dict:
+def run(world: int, job: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp, mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(worker, args=(world, os.path.join(tmp, "store"), path, mib, mode, results), nprocs=world)
+        mp.spawn(worker, args=(world, os.path.join(tmp, "store"), job, results), nprocs=world)
         return dict(results)
+
+
+def latest_checkpoint(root: str) -> str:
+    done = sorted(p for p in Path(root).glob("step_*") if (p / "metadata.json").exists())
+    if not done:
+        raise SystemExit(f"no complete checkpoint under {root}")
+    return str(done[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", default="out/demo-ckpt", help="checkpoint directory (replaced)")
-    parser.add_argument("--mib", type=int, default=192, help="approximate state size in MiB")
+    parser.add_argument("--dir", default="out/demo", help="checkpoint root (replaced)")
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--stop-at", type=int, default=10)
+    parser.add_argument("--every", type=int, default=5)
     args = parser.parse_args()
     shutil.rmtree(args.dir, ignore_errors=True)
     console = Console(width=110)
-    console.print(f"[bold]bytecheckpoint demo[/]: 4 ranks save ~{args.mib} MiB to {args.dir}, 2 ranks load it resharded")
+    console.print(f"[bold]demo[/]: TinyLM, FSDP2, AdamW; train on 4 ranks to step {args.stop_at} saving every "
+                  f"{args.every} steps, resume on 2 ranks to step {args.steps}; reference: 4 ranks uninterrupted")
 
-    saved = run(4, args.dir, args.mib, "save")
-    report = bcp.verify(args.dir)
-    loaded = run(2, args.dir, args.mib, "load")
+    reference = run(4, {"last_step": args.steps})
+    first = run(4, {"last_step": args.stop_at, "every": args.every, "dir": args.dir})
+    path = latest_checkpoint(args.dir)
+    report = bcp.verify(path)
+    same = run(4, {"last_step": args.steps, "resume_from": path})
+    resumed = run(2, {"last_step": args.steps, "resume_from": path})
 
-    total = report.bytes_verified
-    save_s = max(r["seconds"] for r in saved.values())
-    load_s = max(r["seconds"] for r in loaded.values())
-    table = Table(title="checkpoint summary")
-    for col in ("phase", "ranks", "bytes per rank (MiB)", "wall time (s)", "throughput (MiB/s)"):
+    table = Table(title=f"loss per step (checkpointed run stopped after step {args.stop_at})")
+    for col in ("step", "uninterrupted (4 ranks)", "resumed on 4 ranks", "difference", "resumed on 2 ranks"):
         table.add_column(col, justify="right")
-    mib = 1 << 20
-    table.add_row("save (4 ranks, DTensor + FlatShard)", "4",
-                  " / ".join(f"{saved[r]['bytes'] / mib:.1f}" for r in sorted(saved)), f"{save_s:.3f}",
-                  f"{total / mib / save_s:.0f}")
-    table.add_row("load (2 ranks, resharded)", "2",
-                  " / ".join(f"{loaded[r]['bytes'] / mib:.1f}" for r in sorted(loaded)), f"{load_s:.3f}",
-                  f"{total / mib / load_s:.0f}")
+    for step in range(1, args.steps + 1):
+        ref = reference["losses"][step]
+        if step in first["losses"]:
+            table.add_row(str(step), f"{ref:.5f}", f"{first['losses'][step]:.5f}", f"{first['losses'][step] - ref:+.1e}", "(same run)")
+        else:
+            table.add_row(str(step), f"{ref:.5f}", f"{same['losses'][step]:.5f}", f"{same['losses'][step] - ref:+.1e}",
+                          f"{resumed['losses'][step]:.5f}")
     console.print(table)
-    checked = sum(r["checked"] for r in loaded.values())
-    console.print(f"checkpoint: {total / mib:.1f} MiB in {len(report.data_files)} data files, "
-                  f"{report.tensors} tensors, {report.chunks} chunks; checksums verified")
-    console.print(f"[green]OK[/]: every one of {checked:,} loaded elements equals the saved value")
+    worst = max(abs(same["losses"][s] - reference["losses"][s]) for s in same["losses"])
+    console.print(f"resumed on 4 ranks vs uninterrupted: largest loss difference {worst:.1e}")
+    mib = 2**20
+    for s in first["saves"]:
+        console.print(f"save at step {s['step']}: {s['bytes'] / mib:.1f} MiB in {s['seconds']:.3f} s (4 ranks)")
+    load = resumed["load"]
+    console.print(f"load of {Path(path).name} on 4 ranks: {same['load']['seconds']:.3f} s")
+    console.print(f"load of {Path(path).name} on 2 ranks: {load['seconds']:.3f} s; rank 0 read {load['bytes'] / mib:.1f} MiB; "
+                  f"checkpoint verified: {report.tensors} tensors, {report.chunks} chunks, {report.bytes_verified / mib:.1f} MiB")
+    before = [reference["losses"][s] for s in range(1, 4)]
+    after = [resumed["losses"][s] for s in range(args.steps - 2, args.steps + 1)]
+    console.print(f"loss fell from {sum(before) / 3:.3f} (steps 1-3) to {sum(after) / 3:.3f} (last 3 steps, resumed run)")
 
 
 if __name__ == "__main__":

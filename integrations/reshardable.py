@@ -1,0 +1,80 @@
+"""The protocol for state that must be redistributed when the data-parallel degree changes
+(dataloaders, RNG streams): a replicated part plus one part per rank.
+
+An object implements ``reshard_state() -> (replicated, per_rank)`` (plain JSON-able values) and
+``load_reshard_state(replicated, per_rank_states, rank, world)``, where ``per_rank_states`` lists
+the per-rank parts of every rank that saved (index = old rank) and ``rank``/``world`` are the
+loading rank's. The adapter stores them at ``<key>.replicated`` and ``<key>.per_rank.<rank>`` (a RankLocal).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from bytecheckpoint import MissingKeyError, RankLocal
+
+
+@runtime_checkable
+class Reshardable(Protocol):
+    def reshard_state(self) -> tuple[Any, Any]: ...
+
+    def load_reshard_state(self, replicated: Any, per_rank: list[Any], rank: int, world: int) -> None: ...
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def save_layout(obj: Reshardable) -> dict:
+    replicated, mine = obj.reshard_state()
+    return {"replicated": replicated, "per_rank": RankLocal(mine)}
+
+
+def load_layout() -> dict:
+    """Placeholders for the replicated part and every saved rank's part."""
+    return {"replicated": None, "per_rank": RankLocal()}
+
+
+def apply_layout(obj: Reshardable, loaded: dict, key: str) -> None:
+    parts = loaded["per_rank"]
+    if not isinstance(parts, dict) or not parts or sorted(parts) != list(range(len(parts))):
+        raise MissingKeyError(
+            f"{key!r}: expected per-rank parts for ranks 0..N-1 in the checkpoint, found {parts!r:.200}"
+        )
+    per_rank = [parts[r] for r in range(len(parts))]
+    rank, world = rank_and_world()
+    obj.load_reshard_state(loaded["replicated"], per_rank, rank, world)
+
+
+class RNGState:
+    """Put ``{"rng": RNGState()}`` in the checkpoint state to save and restore this rank's torch
+    (CPU and CUDA), Python and numpy random generators. After a world-size change, rank r takes
+    the streams of old rank ``r % old_world``."""
+
+    def reshard_state(self) -> tuple[Any, Any]:
+        version, internal, gauss = random.getstate()
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        mine = {
+            "torch": bytes(torch.get_rng_state().numpy().tobytes()),
+            "cuda": [bytes(s.numpy().tobytes()) for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+            "python": [version, list(internal), gauss],
+            "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        }
+        return None, mine
+
+    def load_reshard_state(self, replicated: Any, per_rank: list[Any], rank: int, world: int) -> None:
+        mine = per_rank[rank % len(per_rank)]
+        torch.set_rng_state(torch.frombuffer(bytearray(mine["torch"]), dtype=torch.uint8))
+        if mine["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([torch.frombuffer(bytearray(s), dtype=torch.uint8) for s in mine["cuda"]])
+        version, internal, gauss = mine["python"]
+        random.setstate((version, tuple(internal), gauss))
+        kind, keys, pos, has_gauss, cached = mine["numpy"]
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))

@@ -111,7 +111,8 @@ def main() -> None:
     shutil.rmtree(args.dir, ignore_errors=True)
     console = Console(width=110)
     console.print(f"[bold]demo[/]: TinyLM, FSDP2, AdamW; train on 4 ranks to step {args.stop_at} saving every "
-                  f"{args.every} steps, resume on 2 ranks to step {args.steps}; reference: 4 ranks uninterrupted")
+                  f"{args.every} steps, then resume to step {args.steps} on 4 ranks and on 2 ranks; "
+                  "reference: 4 ranks uninterrupted")
 
     reference = run(4, {"last_step": args.steps})
     first = run(4, {"last_step": args.stop_at, "every": args.every, "dir": args.dir})

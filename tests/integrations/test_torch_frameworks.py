@@ -17,7 +17,7 @@ STEPS_BEFORE, STEPS_AFTER = 3, 2
 
 
 def _run_single(setup: Setup, seed: int, steps: range, path: str | None = None, load: bool = False):
-    model, optim = build(setup, seed, 1)
+    model, optim = build(setup, seed, 1, lr_scale=3.0 if load else 1.0)
     if load:
         state = {"model": model, "optimizer": optim, "extra_state": None}
         bcp.load(path, state, framework=setup.bcp_framework)
@@ -38,7 +38,7 @@ def _save_worker(rank: int, world: int, setup: Setup, path: str) -> dict:
 
 
 def _load_worker(rank: int, world: int, setup: Setup, path: str) -> tuple[dict, dict]:
-    model, optim = build(setup, 123, world)  # another init: only the checkpoint can make it right
+    model, optim = build(setup, 123, world, lr_scale=3.0)  # only the checkpoint can make it right
     state = {"model": model, "optimizer": optim, "extra_state": None}
     bcp.load(path, state, framework=setup.bcp_framework, timeout=60)
     assert state["extra_state"] == {"step": STEPS_BEFORE}
@@ -61,7 +61,7 @@ PAIRS = [
     (Setup("fsdp1"), 4, Setup("fsdp2"), 3),
     (Setup("fsdp2"), 2, Setup("single"), 1),
     (Setup("single"), 1, Setup("fsdp2"), 4),
-    (Setup("fsdp1-orig"), 2, Setup("fsdp1"), 3),
+    (Setup("fsdp1-orig", "adam"), 2, Setup("fsdp1", "adam"), 3),
     (Setup("fsdp2", "sgd"), 3, Setup("fsdp1-orig", "sgd"), 2),
     (Setup("fsdp1", "sgd"), 3, Setup("ddp", "sgd"), 2),
 ]

@@ -25,7 +25,7 @@ class TinyNet(nn.Module):
 @dataclass(frozen=True)
 class Setup:
     framework: str  # "single", "ddp", "fsdp1", "fsdp1-orig", "fsdp2"
-    optimizer: str = "adamw"  # or "sgd"
+    optimizer: str = "adamw"  # or "adam", "sgd"
 
     @property
     def bcp_framework(self) -> str:
@@ -37,7 +37,9 @@ def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(GLOBAL_BATCH, 13, generator=g), torch.randn(GLOBAL_BATCH, 11, generator=g)
 
 
-def build(setup: Setup, seed: int, world: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+def build(setup: Setup, seed: int, world: int, lr_scale: float = 1.0) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """The model and optimizer; a load target uses another seed and ``lr_scale`` so that only the
+    checkpoint (parameters, moments and hyperparameters) can make it match."""
     torch.manual_seed(seed)
     model: nn.Module = TinyNet()
     if setup.framework == "ddp":
@@ -57,9 +59,11 @@ def build(setup: Setup, seed: int, world: int) -> tuple[nn.Module, torch.optim.O
         fully_shard(model.out, mesh=mesh)
         fully_shard(model, mesh=mesh)
     if setup.optimizer == "sgd":
-        optim: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01)
+        optim: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=0.05 * lr_scale, momentum=0.9, weight_decay=0.01)
+    elif setup.optimizer == "adam":
+        optim = torch.optim.Adam(model.parameters(), lr=0.01 * lr_scale, betas=(0.8, 0.99))
     else:
-        optim = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+        optim = torch.optim.AdamW(model.parameters(), lr=0.01 * lr_scale, weight_decay=0.1)
     return model, optim
 
 

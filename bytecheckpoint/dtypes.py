@@ -5,6 +5,8 @@ Every dtype is stored little-endian. The names are torch's without the ``torch.`
 
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 
 from .errors import MetadataError
@@ -74,5 +76,6 @@ def torch_dtype(name: str, where: str = "") -> torch.dtype:
         raise MetadataError(f"{where or 'metadata'}: unknown dtype {name!r}") from None
 
 
+@cache
 def itemsize(name: str) -> int:
     return torch.empty((), dtype=torch_dtype(name)).element_size()

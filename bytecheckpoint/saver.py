@@ -24,7 +24,7 @@ from .options import SaveOptions
 from .planner import GlobalSavePlan, LocalSavePlan, global_save_plan, local_save_plan
 from .state import flatten_state
 from .storage import Storage
-from .writer import DATA_DIR, WrittenChunk, data_file_name, snapshot, write_rank_data
+from .writer import DATA_DIR, WrittenChunk, data_file_name, write_rank_data
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,7 @@ def run_save(
 
     def write_step() -> list[WrittenChunk]:
         keys = plan.writes[comm.rank]
-        data = {key: snapshot(local["pieces"][key], copy=False) for key in keys}
-        return write_rank_data(storage, data_file_name(save_id, comm.rank), keys, data, opts.block_size)
+        return write_rank_data(storage, data_file_name(save_id, comm.rank), keys, local["pieces"], opts.block_size)
 
     start = time.perf_counter()
     try:

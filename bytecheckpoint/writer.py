@@ -10,6 +10,7 @@ from .boxes import ShardBox
 from .checksums import block_hashes
 from .metadata import ChunkLocation, Path
 from .planner import BoxKey
+from .staging import STAGING_SLICE_BYTES, staged_slices
 from .storage import Storage
 
 DATA_DIR = "data"
@@ -31,20 +32,6 @@ class WrittenChunk:
     hashes: tuple[str, ...]
 
 
-def tensor_bytes(tensor: torch.Tensor) -> memoryview:
-    """The raw little-endian bytes of a contiguous CPU tensor, without copying."""
-    return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
-
-
-def snapshot(tensor: torch.Tensor, copy: bool) -> torch.Tensor:
-    """A contiguous CPU tensor with ``tensor``'s values; a private copy if ``copy``."""
-    out = tensor.detach()
-    if out.device.type != "cpu":
-        return out.to("cpu").contiguous()
-    out = out.contiguous()
-    return out.clone() if copy and out.data_ptr() == tensor.data_ptr() else out
-
-
 def write_rank_data(
     storage: Storage,
     name: str,
@@ -52,23 +39,33 @@ def write_rank_data(
     data: dict[BoxKey, torch.Tensor],
     block_size: int,
 ) -> list[WrittenChunk]:
-    """Write the boxes ``keys`` (data from ``data``) into the file ``name``; return their locations."""
+    """Write the boxes ``keys`` (tensors from ``data``, on any device) into the file ``name``,
+    hashing each slice as it is written; return their locations."""
     if not keys:
         return []
+    slice_bytes = max(block_size, STAGING_SLICE_BYTES // block_size * block_size)  # whole blocks per slice
     writer = storage.open_writer(name)
     written: list[WrittenChunk] = []
     offset = 0
+    start = got = 0
+    hashes: list[str] = []
     try:
-        for key in keys:
-            raw = tensor_bytes(data[key])
-            pad = -offset % ALIGNMENT
-            if pad:
-                writer.write(memoryview(_PADDING)[:pad])
-                offset += pad
-            hashes = block_hashes(raw, block_size)
+        for piece in staged_slices([(key, data[key]) for key in keys], slice_bytes):
+            if got == 0:  # the first slice of a chunk
+                pad = -offset % ALIGNMENT
+                if pad:
+                    writer.write(memoryview(_PADDING)[:pad])
+                    offset += pad
+                start, hashes = offset, []
+            raw = memoryview(piece.data.numpy())
+            hashes += block_hashes(raw, block_size)
             writer.write(raw)
-            written.append(WrittenChunk(key[0], key[1], ChunkLocation(name, offset, len(raw)), hashes))
+            piece.release()
+            got += len(raw)
             offset += len(raw)
+            if got == piece.chunk_bytes:
+                written.append(WrittenChunk(piece.key[0], piece.key[1], ChunkLocation(name, start, got), tuple(hashes)))
+                got = 0
         writer.close()
     except BaseException:
         writer.abort()

@@ -29,10 +29,10 @@ import torch.distributed.checkpoint as dcp
 import bytecheckpoint as bcp
 
 
-def make_state(mib: int, tensors: int) -> dict[str, torch.Tensor]:
+def make_state(mib: int, tensors: int, device: str = "cpu") -> dict[str, torch.Tensor]:
     numel = mib * (1 << 20) // 4 // tensors
     g = torch.Generator().manual_seed(0)
-    return {f"layer{i}.weight": torch.randn(numel, generator=g) for i in range(tensors)}
+    return {f"layer{i}.weight": torch.randn(numel, generator=g).to(device) for i in range(tensors)}
 
 
 def drop_cache(root: Path) -> None:
@@ -47,21 +47,30 @@ def drop_cache(root: Path) -> None:
 
 
 def raw_write(state: dict[str, torch.Tensor], path: Path) -> None:
+    """The bytes to disk, fsync'd (after a device-to-host copy for GPU tensors)."""
     with open(path, "wb", buffering=0) as f:
         for t in state.values():
-            f.write(memoryview(t.numpy()).cast("B"))
+            f.write(memoryview(t.cpu().numpy()).cast("B"))
         os.fsync(f.fileno())
 
 
 def raw_read(state: dict[str, torch.Tensor], path: Path) -> None:
+    """The bytes from disk into the tensors (through a host buffer for GPU tensors)."""
     with open(path, "rb", buffering=0) as f:
         for t in state.values():
-            f.readinto(memoryview(t.numpy()).cast("B"))
+            host = t if t.device.type == "cpu" else torch.empty_like(t, device="cpu")
+            f.readinto(memoryview(host.numpy()).cast("B"))
+            if host is not t:
+                t.copy_(host)
 
 
 def timed(fn: Callable[[], object]) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     start = time.perf_counter()
     fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -72,9 +81,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--dir", default=None, help="scratch directory on the disk to measure (default: temp)")
     parser.add_argument("--out", default="bench-results/checkpoint.json")
+    parser.add_argument("--device", default="cpu", help="where the state lives: cpu or cuda")
     args = parser.parse_args()
 
-    state = make_state(args.mib, args.tensors)
+    state = make_state(args.mib, args.tensors, args.device)
     target = {k: torch.empty_like(v) for k, v in state.items()}
     nbytes = sum(t.numel() * t.element_size() for t in state.values())
     scratch = Path(tempfile.mkdtemp(prefix="bcp-bench-", dir=args.dir))
@@ -116,7 +126,8 @@ def main() -> None:
         "dcp_save_time_over_bcp": med["dcp_save"] / med["bcp_save"],
         "dcp_load_time_over_bcp": med["dcp_load"] / med["bcp_load"],
     }
-    print(f"\nstate: {nbytes / 2**20:.0f} MiB in {args.tensors} float32 tensors; medians of {args.rounds} rounds")
+    print(f"\nstate: {nbytes / 2**20:.0f} MiB in {args.tensors} float32 tensors on {args.device}; "
+          f"medians of {args.rounds} rounds")
     print(f"{'system':<10}{'save s':>9}{'GB/s':>7}{'load s':>9}{'GB/s':>7}")
     for name in save_ops:
         print(f"{name:<10}{med[name + '_save']:>9.3f}{gbps[name + '_save']:>7.2f}"
@@ -126,7 +137,8 @@ def main() -> None:
     result = {
         "benchmark": "checkpoint_local_disk",
         "date": time.strftime("%Y-%m-%d"),
-        "machine": {"node": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "machine": {"node": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                    "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"},
         "bytes": nbytes,
         "tensors": args.tensors,
         "rounds": args.rounds,

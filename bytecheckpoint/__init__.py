@@ -12,12 +12,14 @@ __version__ = "0.1.0"
 from .api import load, load_full, save, verify  # noqa: E402
 from .errors import (  # noqa: E402
     CheckpointError,
+    CheckpointExistsError,
     ChecksumMismatchError,
     CorruptCheckpointError,
     DistributedCheckpointError,
     DtypeMismatchError,
     IncompleteCheckpointError,
     MetadataError,
+    MissingDependencyError,
     MissingKeyError,
     PlanError,
     ShapeMismatchError,
@@ -29,11 +31,14 @@ from .errors import (  # noqa: E402
     UnsupportedVersionError,
 )
 from .loader import LoadSummary, VerifyReport  # noqa: E402
+from .manager import CheckpointManager  # noqa: E402
 from .saver import SaveSummary  # noqa: E402
 from .shards import FlatShard, RankLocal, ShardedTensor  # noqa: E402
 
 __all__ = [
     "CheckpointError",
+    "CheckpointExistsError",
+    "CheckpointManager",
     "ChecksumMismatchError",
     "CorruptCheckpointError",
     "DistributedCheckpointError",
@@ -42,6 +47,7 @@ __all__ = [
     "IncompleteCheckpointError",
     "LoadSummary",
     "MetadataError",
+    "MissingDependencyError",
     "MissingKeyError",
     "PlanError",
     "RankLocal",

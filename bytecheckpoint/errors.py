@@ -69,6 +69,18 @@ class StorageError(CheckpointError, OSError):
     """A storage backend failed to read, write, list or commit."""
 
 
+class ObjectNotFoundError(StorageError, FileNotFoundError):
+    """A storage object does not exist (also a FileNotFoundError, as readers expect)."""
+
+
+class MissingDependencyError(CheckpointError, ImportError):
+    """A storage backend needs an optional package that is not installed; the message says what to install."""
+
+
+class CheckpointExistsError(CheckpointError, FileExistsError):
+    """Another save holds (or already committed) this checkpoint step."""
+
+
 class DistributedCheckpointError(CheckpointError):
     """One or more ranks failed; raised on every rank, naming the failed ranks and their errors."""
 

@@ -2,7 +2,12 @@
 
 Names are '/'-separated paths relative to the checkpoint root. The call order of a save is:
 ``open_writer`` for each data file (written and closed), then ``commit`` of the metadata last;
-a checkpoint is complete exactly when its committed metadata exists.
+a checkpoint is complete exactly when its committed metadata exists. Readers never infer
+completeness from ``list``.
+
+A backend implements the abstract primitives; ``child``, ``list_dirs``, ``delete_prefix`` and
+``create_exclusive`` have generic versions built on them that backends may replace with faster or
+stronger ones. Capability flags say what a backend guarantees (see docs/FORMAT.md, "Commit per backend").
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ class Storage(ABC):
     """A checkpoint location: a directory or an object-store prefix."""
 
     url: str
+    #: ``commit`` is a rename of a fully written temporary file (POSIX) rather than one whole-object put.
+    atomic_rename: bool = False
+    #: ``create_exclusive`` is atomic across processes (link(2) on POSIX, If-None-Match on S3, a locked dict).
+    exclusive_create: bool = False
 
     @abstractmethod
     def open_writer(self, name: str) -> DataWriter: ...
@@ -40,7 +49,8 @@ class Storage(ABC):
         """The whole object ``name``; raises FileNotFoundError if absent."""
 
     @abstractmethod
-    def size(self, name: str) -> int: ...
+    def size(self, name: str) -> int:
+        """Bytes in ``name``; raises FileNotFoundError if absent."""
 
     @abstractmethod
     def exists(self, name: str) -> bool: ...
@@ -57,6 +67,40 @@ class Storage(ABC):
     def commit(self, name: str, data: bytes) -> None:
         """Publish ``data`` as ``name`` atomically and durably: readers see all of it or nothing."""
 
+    @abstractmethod
+    def child(self, name: str) -> Storage:
+        """The storage rooted at ``name`` below this one (same backend and settings)."""
+
+    def create_exclusive(self, name: str, data: bytes) -> bool:
+        """Create ``name`` holding ``data`` unless it exists; True if this call created it.
+
+        The generic version checks then writes, which two processes can race; backends with
+        ``exclusive_create`` replace it with an atomic one.
+        """
+        if self.exists(name):
+            return False
+        self.commit(name, data)
+        return True
+
+    def list_dirs(self, prefix: str = "") -> list[str]:
+        """The distinct first path components below ``prefix`` that hold at least one object, sorted."""
+        base = prefix.strip("/")
+        cut = len(base) + 1 if base else 0
+        return sorted({name[cut:].split("/", 1)[0] for name in self.list(base) if "/" in name[cut:]})
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix``; return how many were deleted."""
+        names = self.list(prefix.strip("/"))
+        for name in names:
+            self.delete(name)
+        return len(names)
+
     def describe(self, name: str) -> str:
         """A human-readable location of ``name`` for error messages."""
         return f"{self.url.rstrip('/')}/{name}"
+
+
+def join_name(prefix: str, name: str) -> str:
+    """``prefix/name`` without doubled or leading slashes."""
+    parts = [p for p in (prefix.strip("/"), name.strip("/")) if p]
+    return "/".join(parts)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import uuid
 from pathlib import Path
 
 from ..errors import StorageError
@@ -12,6 +14,9 @@ from .base import DataWriter, Storage
 class LocalStorage(Storage):
     """A checkpoint directory on a POSIX filesystem."""
 
+    atomic_rename = True
+    exclusive_create = True
+
     def __init__(self, root: str | os.PathLike[str], fsync: bool = True) -> None:
         self.root = Path(root)
         self.url = str(self.root)
@@ -19,6 +24,9 @@ class LocalStorage(Storage):
 
     def _path(self, name: str) -> Path:
         return self.root / name
+
+    def child(self, name: str) -> LocalStorage:
+        return LocalStorage(self._path(name.strip("/")), fsync=self.fsync)
 
     def open_writer(self, name: str) -> DataWriter:
         path = self._path(name)
@@ -46,7 +54,7 @@ class LocalStorage(Storage):
         return self._path(name).stat().st_size
 
     def exists(self, name: str) -> bool:
-        return self._path(name).exists()
+        return self._path(name).is_file()
 
     def list(self, prefix: str = "") -> list[str]:
         base = self._path(prefix) if prefix else self.root
@@ -54,14 +62,41 @@ class LocalStorage(Storage):
             return []
         if base.is_file():
             return [prefix]
-        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file())
+        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
+
+    def list_dirs(self, prefix: str = "") -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        try:
+            return sorted(e.name for e in os.scandir(base) if e.is_dir(follow_symlinks=False))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
 
     def delete(self, name: str) -> None:
-        self._path(name).unlink(missing_ok=True)
+        """Remove ``name``, and its directory if that is now empty (objects, not directories, are
+        what a checkpoint holds; an empty ``data/<save_id>/`` is garbage)."""
+        path = self._path(name)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot delete {path}: {exc.strerror or exc}") from exc
+        if path.parent != self.root:
+            try:
+                path.parent.rmdir()
+            except OSError:
+                pass
+
+    def delete_prefix(self, prefix: str) -> int:
+        base = self._path(prefix.strip("/"))
+        if base.is_file():
+            self.delete(prefix)
+            return 1
+        count = len(self.list(prefix.strip("/")))
+        shutil.rmtree(base, ignore_errors=True)
+        return count
 
     def commit(self, name: str, data: bytes) -> None:
         path = self._path(name)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
@@ -76,12 +111,36 @@ class LocalStorage(Storage):
             tmp.unlink(missing_ok=True)
             raise StorageError(f"cannot commit {path}: {exc.strerror or exc}") from exc
 
+    def create_exclusive(self, name: str, data: bytes) -> bool:
+        """Write a temporary file, then hard-link it to ``name``: link(2) fails if ``name`` exists,
+        and a reader never sees the file without its content (as with O_EXCL then write)."""
+        path = self._path(name)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                if self.fsync:
+                    os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            if self.fsync:
+                _fsync_dir(path.parent)
+        except OSError as exc:
+            raise StorageError(f"cannot create {path}: {exc.strerror or exc}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
+
 
 class _LocalWriter:
     def __init__(self, path: Path, fsync: bool) -> None:
         self.path = path
         self.fsync = fsync
-        self.file = open(path, "wb", buffering=0)
+        self.file = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by close()/abort()
 
     def write(self, data: memoryview) -> None:
         try:
@@ -102,8 +161,15 @@ class _LocalWriter:
             raise StorageError(f"cannot finish {self.path}: {exc.strerror or exc}") from exc
 
     def abort(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:
+            pass
         self.path.unlink(missing_ok=True)
+        try:  # the save's own data/<save_id>/ directory, if nothing else is in it
+            self.path.parent.rmdir()
+        except OSError:
+            pass
 
 
 def _fsync_dir(path: Path) -> None:

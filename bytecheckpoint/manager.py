@@ -1,0 +1,302 @@
+"""A run's checkpoints, one per training step, under one root: save, restore latest, retention.
+
+    mgr = bcp.CheckpointManager("s3://bucket/run1", keep_last=3)
+    mgr.save(step, state)              # every rank; the coordinator claims the step first
+    step = mgr.restore(state)          # every rank; the latest complete checkpoint
+
+Layout (each step directory is an ordinary checkpoint, loadable with ``bcp.load`` alone)::
+
+    <root>/step_00000100/.save-lock      the claim of the save writing this step (removed after commit)
+    <root>/step_00000100/metadata.json   present iff the step is complete (see docs/FORMAT.md)
+    <root>/step_00000100/data/<save_id>/rank00000.bin
+
+Protocol of ``save``: (1) the coordinator claims the step by creating ``.save-lock`` exclusively
+(hard link / If-None-Match); if another live save holds it or the step is already complete, every
+rank gets CheckpointExistsError and nothing is written; a claim left by a dead process (same host,
+process gone) or older than ``stale_lock_s`` is broken. (2) every rank saves into the step
+directory (the commit is the metadata, written last). (3) the coordinator applies retention and
+removes abandoned incomplete steps. A failed save removes what it wrote, its claim included.
+
+Deleting a checkpoint removes its metadata first, so a deletion cut short leaves an incomplete
+step (garbage), never a complete-looking one with missing data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import time
+import uuid
+from typing import Any
+
+from . import api
+from .collectives import DEFAULT_TIMEOUT_S, Communicator
+from .errors import CheckpointExistsError, IncompleteCheckpointError
+from .loader import LoadSummary
+from .metadata import METADATA_FILE
+from .saver import SaveSummary
+from .storage import Storage, resolve_storage
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".save-lock"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def step_dir(step: int) -> str:
+    """The directory name of ``step`` under the manager's root."""
+    if step < 0:
+        raise ValueError(f"checkpoint steps are non-negative integers, got {step}")
+    return f"step_{step:08d}"
+
+
+class CheckpointManager:
+    """Checkpoints of one training run, keyed by step, with retention.
+
+    Parameters
+    ----------
+    root
+        A path or URL (``/ckpt/run1``, ``s3://bucket/run1``, ``memory://run1``) or a Storage.
+    keep_last
+        Keep the newest ``keep_last`` complete checkpoints; None keeps all.
+    fsync
+        Make local files durable before a save returns (local and fsspec-local backends).
+    process_group, timeout
+        Defaults for every save and restore (the checkpoint collectives' group and timeout).
+    stale_lock_s
+        A claim older than this is broken even if its owner cannot be checked (another host).
+    storage_options
+        Backend settings, e.g. ``{"part_size": 64 << 20, "concurrency": 16}`` for S3.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | Storage,
+        keep_last: int | None = None,
+        *,
+        fsync: bool = True,
+        process_group: Any = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        stale_lock_s: float = 24 * 3600.0,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        if keep_last is not None and keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1 or None, got {keep_last}")
+        self.storage = resolve_storage(root, fsync=fsync, **(storage_options or {}))
+        self.keep_last = keep_last
+        self.process_group = process_group
+        self.timeout = timeout
+        self.stale_lock_s = stale_lock_s
+        self.last_load: LoadSummary | None = None  # what the latest restore read
+
+    @property
+    def url(self) -> str:
+        return self.storage.url
+
+    def checkpoint(self, step: int) -> Storage:
+        """The storage of ``step``'s checkpoint (pass it to ``bcp.load``, ``bcp.verify``, ...)."""
+        return self.storage.child(step_dir(step))
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def _step_dirs(self) -> dict[int, str]:
+        found: dict[int, str] = {}
+        for name in self.storage.list_dirs():
+            m = _STEP_DIR.match(name)
+            if m:
+                found[int(m.group(1))] = name
+        return found
+
+    def steps(self) -> list[int]:
+        """Steps with a complete (committed) checkpoint, ascending. Completeness is read from each
+        step's metadata object, never inferred from the listing."""
+        return sorted(s for s, name in self._step_dirs().items() if self.storage.child(name).exists(METADATA_FILE))
+
+    def latest_step(self) -> int | None:
+        """The newest complete step, or None."""
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def incomplete_steps(self) -> list[int]:
+        """Steps with a directory but no committed metadata (being saved now, or abandoned)."""
+        return sorted(s for s, name in self._step_dirs().items()
+                      if not self.storage.child(name).exists(METADATA_FILE))
+
+    # -- save -----------------------------------------------------------------------------------
+
+    def save(self, step: int, state: dict, framework: str | None = None, **options: Any) -> SaveSummary:
+        """Save ``state`` as ``step``; call it on every rank. Raises CheckpointExistsError (on every
+        rank) if the step is complete already or another live save holds it."""
+        options.setdefault("process_group", self.process_group)
+        options.setdefault("timeout", self.timeout)
+        comm = Communicator(options["process_group"], options["timeout"])
+        target = self.checkpoint(step)
+        comm.from_coordinator("checkpoint claim", lambda: self._claim(step, target))
+        try:
+            summary = api.save(target, state, framework=framework, **options)
+        except BaseException:
+            if comm.is_coordinator:
+                self._abandon(step, target)
+            raise
+        if comm.is_coordinator:
+            try:
+                # committed: the claim has done its job. Removing it now means a step whose metadata
+                # is later deleted (retention cut short) has no live-looking claim and is garbage.
+                target.delete(LOCK_FILE)
+                self.apply_retention()
+                self.collect_garbage()
+            except Exception as exc:  # noqa: BLE001 - the checkpoint is committed; cleanup can wait
+                log.warning("retention after saving step %d under %s failed: %s", step, self.url, exc)
+        return summary
+
+    def _claim(self, step: int, target: Storage) -> None:
+        claim = _Claim.mine()
+        if not target.create_exclusive(LOCK_FILE, claim.encode()):
+            if target.exists(METADATA_FILE):
+                raise CheckpointExistsError(f"step {step} is already saved at {target.url}")
+            holder = _Claim.read(target)
+            if holder is not None and not holder.is_stale(self.stale_lock_s):
+                raise CheckpointExistsError(
+                    f"step {step} at {target.url} is being saved by another process ({holder.describe()}); "
+                    f"its claim {target.describe(LOCK_FILE)} is live"
+                )
+            log.warning("breaking the stale claim on step %d (%s)", step,
+                        holder.describe() if holder else "unreadable claim")
+            if holder is None or _Claim.read(target) == holder:
+                target.delete(LOCK_FILE)
+            if not target.create_exclusive(LOCK_FILE, claim.encode()):
+                raise CheckpointExistsError(f"step {step} at {target.url} was claimed by another save just now")
+        if target.exists(METADATA_FILE):  # a checkpoint written there without the manager
+            target.delete(LOCK_FILE)
+            raise CheckpointExistsError(f"step {step} is already saved at {target.url}")
+
+    def _abandon(self, step: int, target: Storage) -> None:
+        """After a failed save: remove its files and claim, unless the metadata got committed."""
+        try:
+            if target.exists(METADATA_FILE):
+                return
+            target.delete_prefix("")
+        except Exception as exc:  # noqa: BLE001 - keep the save's own error
+            log.warning("could not clean up the failed save of step %d under %s: %s", step, self.url, exc)
+
+    # -- retention and garbage ------------------------------------------------------------------
+
+    def delete(self, step: int) -> None:
+        """Delete ``step``'s checkpoint: metadata first (it stops being complete), then the rest."""
+        target = self.checkpoint(step)
+        target.delete(METADATA_FILE)
+        target.delete_prefix("")
+
+    def apply_retention(self) -> list[int]:
+        """Delete complete checkpoints beyond the newest ``keep_last``; return the deleted steps."""
+        if self.keep_last is None:
+            return []
+        doomed = self.steps()[: -self.keep_last]
+        for step in doomed:
+            self.delete(step)
+        if doomed:
+            log.info("retention under %s deleted step(s) %s", self.url, doomed)
+        return doomed
+
+    def collect_garbage(self, force: bool = False) -> list[int]:
+        """Delete incomplete steps whose save is dead (claim stale or missing); return those steps.
+
+        A step being saved by a live process is left alone, and so is a claim from another host
+        younger than ``stale_lock_s``. ``force=True`` deletes every incomplete step: call it when a
+        job (re)starts on other hosts and knows that no other save of this run is in progress.
+        """
+        removed = []
+        for step in self.incomplete_steps():
+            target = self.checkpoint(step)
+            claim = _Claim.read(target)
+            if not force and claim is not None and not claim.is_stale(self.stale_lock_s):
+                continue
+            if target.exists(METADATA_FILE):  # committed meanwhile
+                continue
+            target.delete_prefix("")
+            removed.append(step)
+        if removed:
+            log.info("removed abandoned incomplete step(s) %s under %s", removed, self.url)
+        return removed
+
+    # -- restore --------------------------------------------------------------------------------
+
+    def restore(self, state: dict, step: int | None = None, framework: str | None = None, strict: bool = True,
+                **options: Any) -> int:
+        """Fill ``state`` from ``step`` (default: the latest complete step); call it on every rank.
+        Returns the step loaded. Raises IncompleteCheckpointError if there is none."""
+        options.setdefault("process_group", self.process_group)
+        options.setdefault("timeout", self.timeout)
+        comm = Communicator(options["process_group"], options["timeout"])
+
+        def choose() -> int:
+            chosen = self.latest_step() if step is None else step
+            if chosen is None:
+                raise IncompleteCheckpointError(f"{self.url}: no complete checkpoint to restore")
+            return chosen
+
+        chosen = comm.from_coordinator("checkpoint choice", choose)
+        self.last_load = api.load(self.checkpoint(chosen), state, framework=framework, strict=strict, **options)
+        return chosen
+
+
+class _Claim:
+    """Who holds a step: host, process id and start time, creation time, a random token."""
+
+    def __init__(self, host: str, pid: int, start: str, created: float, token: str) -> None:
+        self.host, self.pid, self.start, self.created, self.token = host, pid, start, created, token
+
+    @classmethod
+    def mine(cls) -> _Claim:
+        return cls(socket.gethostname(), os.getpid(), _process_start(os.getpid()) or "", time.time(),
+                   uuid.uuid4().hex)
+
+    def encode(self) -> bytes:
+        return json.dumps({"host": self.host, "pid": self.pid, "start": self.start, "created": self.created,
+                           "token": self.token}).encode()
+
+    @classmethod
+    def read(cls, target: Storage) -> _Claim | None:
+        try:
+            d = json.loads(target.read(LOCK_FILE))
+            return cls(str(d["host"]), int(d["pid"]), str(d.get("start", "")), float(d["created"]), str(d["token"]))
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Claim) and self.token == other.token
+
+    def is_stale(self, max_age_s: float) -> bool:
+        if self.host == socket.gethostname() and not _process_alive(self.pid, self.start):
+            return True
+        return time.time() - self.created > max_age_s
+
+    def describe(self) -> str:
+        age = time.time() - self.created
+        return f"host {self.host}, pid {self.pid}, claimed {age:.0f}s ago"
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return None if fields[0] == "Z" else fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _process_alive(pid: int, start: str) -> bool:
+    if os.path.exists("/proc/self/stat"):
+        now = _process_start(pid)
+        return now is not None and (not start or now == start)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -23,12 +23,14 @@ def save(ckpt_path: CheckpointPath, checkpoint_state: dict, framework: str | Non
     Values may be ``torch.Tensor`` (replicated on all ranks: written once), ``DTensor``,
     :class:`ShardedTensor`, :class:`FlatShard`, or plain Python data (taken from the lowest rank
     that has it). Options: ``fsync``, ``block_size``, ``layout``, ``timeout`` (seconds for the
-    ranks' collectives), ``process_group``, ``allow_pickle``. The checkpoint becomes visible only
+    ranks' collectives), ``process_group``, ``allow_pickle``, ``storage_options`` (keyword
+    arguments for the storage backend). The checkpoint becomes visible only
     when its metadata is committed, after every rank has written its data.
     """
     adapter = resolve_framework(framework)
     opts = SaveOptions.from_kwargs("save", options)
-    return run_save(resolve_storage(ckpt_path, fsync=opts.fsync), checkpoint_state, framework, opts, adapter)
+    storage = resolve_storage(ckpt_path, fsync=opts.fsync, **opts.storage_options)
+    return run_save(storage, checkpoint_state, framework, opts, adapter)
 
 
 def load(
@@ -43,11 +45,11 @@ def load(
     Tensors are filled in place; plain values (and tensors asked for with a non-tensor
     placeholder such as None) are put into the dict. ``strict`` makes missing and unexpected keys
     errors; shape and dtype mismatches always are. Options: ``timeout``, ``process_group``,
-    ``allow_pickle``, ``read_threads``. Call it on every rank.
+    ``allow_pickle``, ``read_threads``, ``storage_options``. Call it on every rank.
     """
     adapter = resolve_framework(framework)
     opts = LoadOptions.from_kwargs("load", options)
-    return run_load(resolve_storage(ckpt_path), checkpoint_state, strict, opts, adapter)
+    return run_load(resolve_storage(ckpt_path, **opts.storage_options), checkpoint_state, strict, opts, adapter)
 
 
 def load_full(ckpt_path: CheckpointPath, allow_pickle: bool = False) -> dict:

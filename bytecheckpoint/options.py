@@ -11,9 +11,12 @@ from .collectives import DEFAULT_TIMEOUT_S
 
 @dataclass(frozen=True)
 class _Options:
+    """``storage_options``: keyword arguments for the storage backend (e.g. an S3 ``part_size``)."""
+
     timeout: float = DEFAULT_TIMEOUT_S
     process_group: Any = None
     allow_pickle: bool = False
+    storage_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_kwargs(cls, call: str, kwargs: dict[str, Any]):

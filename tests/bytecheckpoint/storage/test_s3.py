@@ -111,3 +111,22 @@ def test_a_lost_reply_to_a_completed_request_is_not_an_error(moto_server) -> Non
         assert not st.create_exclusive("claim", b"token-2")
     finally:
         proxy.stop()
+
+
+def test_save_and_load_pass_storage_options_to_the_backend(moto_server) -> None:
+    import torch
+
+    import bytecheckpoint as bcp
+
+    url = _url()
+    w = torch.arange(3 * TEST_PART_SIZE // 4, dtype=torch.float32)  # 3 parts at TEST_PART_SIZE
+    bcp.save(url, {"w": w}, storage_options={"part_size": TEST_PART_SIZE, "concurrency": 2})
+    st = S3Storage(url)
+    data_file = bcp.verify(st).data_files[0]
+    head = st._sync(st._head, st._key(data_file))
+    assert head["ETag"].strip('"').endswith("-3")
+    target = {"w": torch.zeros_like(w)}
+    bcp.load(url, target, storage_options={"read_part_size": TEST_PART_SIZE})
+    assert torch.equal(target["w"], w)
+    with pytest.raises((TypeError, bcp.StorageError), match="bogus"):  # s3fs gets the unknown option
+        bcp.save(url, {"w": w}, storage_options={"bogus": 1})

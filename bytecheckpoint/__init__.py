@@ -9,8 +9,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import load, load_full, save, verify  # noqa: E402
-from .errors import (  # noqa: E402
+from .api import load, load_full, save, verify
+from .errors import (
     CheckpointError,
     CheckpointExistsError,
     ChecksumMismatchError,
@@ -30,10 +30,10 @@ from .errors import (  # noqa: E402
     UnsupportedValueError,
     UnsupportedVersionError,
 )
-from .loader import LoadSummary, VerifyReport  # noqa: E402
-from .manager import CheckpointManager  # noqa: E402
-from .saver import SaveSummary  # noqa: E402
-from .shards import FlatShard, RankLocal, ShardedTensor  # noqa: E402
+from .loader import LoadSummary, VerifyReport
+from .manager import CheckpointManager
+from .saver import SaveSummary
+from .shards import FlatShard, RankLocal, ShardedTensor
 
 __all__ = [
     "CheckpointError",

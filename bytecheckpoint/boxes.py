@@ -7,8 +7,8 @@ A 0-d tensor is the box with no dimensions (one element).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +25,7 @@ class ShardBox:
             raise ValueError(f"box offsets {self.offsets} and lengths {self.lengths} must be >= 0")
 
     @classmethod
-    def whole(cls, shape: Sequence[int]) -> "ShardBox":
+    def whole(cls, shape: Sequence[int]) -> ShardBox:
         return cls(tuple(0 for _ in shape), tuple(int(n) for n in shape))
 
     @property
@@ -43,7 +43,7 @@ class ShardBox:
     def fits_in(self, shape: Sequence[int]) -> bool:
         return len(shape) == self.ndim and all(e <= s for e, s in zip(self.ends, shape))
 
-    def relative_to(self, outer: "ShardBox") -> tuple[slice, ...]:
+    def relative_to(self, outer: ShardBox) -> tuple[slice, ...]:
         """Slices that select this box inside the local data of ``outer`` (which must contain it)."""
         return tuple(slice(o - oo, o - oo + n) for o, oo, n in zip(self.offsets, outer.offsets, self.lengths))
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import torch.distributed as dist
 
@@ -59,7 +60,7 @@ class Communicator:
         """Run ``step`` on every rank; return all ranks' results, or raise one error everywhere."""
         try:
             outcome: tuple[bool, Any] = (True, step())
-        except Exception as exc:  # noqa: BLE001 - every failure must reach the other ranks
+        except Exception as exc:
             if not self.distributed:
                 raise
             log.debug("rank %d failed in %s: %s", self.rank, name, traceback.format_exc())

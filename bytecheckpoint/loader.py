@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from .boxes import ShardBox
+from .checksums import hash_block
 from .collectives import Communicator
 from .dtypes import dtype_name, torch_dtype
-from .checksums import hash_block
 from .errors import (
     ChecksumMismatchError,
     CorruptCheckpointError,
@@ -33,7 +33,7 @@ from .frameworks import FrameworkAdapter, SavedCheckpoint
 from .metadata import METADATA_FILE, CheckpointMetadata, Path, TensorEntry, fqn_of
 from .options import LoadOptions
 from .reader import CopyItem, execute_copies, plan_copies
-from .state import TensorPiece, ValueItem, flatten_state
+from .state import TensorPiece, flatten_state
 from .storage import Storage
 from .values import decode_value
 

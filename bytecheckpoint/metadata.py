@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from .boxes import ShardBox
 from .dtypes import itemsize, torch_dtype
@@ -136,7 +137,7 @@ class CheckpointMetadata:
         return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes, where: str) -> "CheckpointMetadata":
+    def from_json(cls, raw: bytes, where: str) -> CheckpointMetadata:
         try:
             doc = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -144,7 +145,7 @@ class CheckpointMetadata:
         return cls.from_dict(doc, where)
 
     @classmethod
-    def from_dict(cls, doc: Any, where: str) -> "CheckpointMetadata":
+    def from_dict(cls, doc: Any, where: str) -> CheckpointMetadata:
         """Parse and validate a metadata document; every problem names ``where`` and the field."""
         d = _expect(doc, dict, where)
         if d.get("format") != FORMAT_NAME:

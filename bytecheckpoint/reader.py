@@ -8,9 +8,9 @@ together are merged into one read; reads of different ranges run in parallel thr
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import torch
 

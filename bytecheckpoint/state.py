@@ -7,8 +7,9 @@ Keys are strings or integers; a key path joined by dots is the entry's fully qua
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch.distributed.tensor import DTensor, Partial

@@ -9,8 +9,8 @@ parameter-shaped tensor (e.g. an optimizer moment) into each FQN's checkpoint va
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

@@ -13,8 +13,9 @@ rank r's buffer goes to new rank ``r % world``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 

@@ -20,8 +20,8 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -49,8 +49,7 @@ def drop_cache(root: Path) -> None:
 def raw_write(state: dict[str, torch.Tensor], path: Path) -> None:
     """The bytes to disk, fsync'd (after a device-to-host copy for GPU tensors)."""
     with open(path, "wb", buffering=0) as f:
-        for t in state.values():
-            f.write(memoryview(t.cpu().numpy()).cast("B"))
+        f.writelines(memoryview(t.cpu().numpy()).cast("B") for t in state.values())
         os.fsync(f.fileno())
 
 

@@ -27,10 +27,11 @@ from torch.distributed.fsdp import fully_shard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bytecheckpoint as bcp  # noqa: E402
-from integrations.reshardable import RNGState  # noqa: E402
-from integrations.token_stream import TokenStream, TokenStreamLoader  # noqa: E402
-from tiny_lm import TinyLM  # noqa: E402
+from tiny_lm import TinyLM
+
+import bytecheckpoint as bcp
+from integrations.reshardable import RNGState
+from integrations.token_stream import TokenStream, TokenStreamLoader
 
 GLOBAL_BATCH = 8
 SEQ_LEN = 48

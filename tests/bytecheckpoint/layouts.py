@@ -7,6 +7,8 @@ the reference tensors; without, it is zeros (a load target).
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import Shard, distribute_tensor
@@ -44,7 +46,7 @@ def bounds(n: int, parts: int, skew: int) -> list[tuple[int, int]]:
     for i in range(1, parts):
         cuts.append(min(n, max(cuts[-1], (n * i) // parts + (skew if i % 2 else -skew))))
     cuts.append(n)
-    return list(zip(cuts, cuts[1:]))
+    return list(itertools.pairwise(cuts))
 
 
 def _box(name: str, rank: int, world: int, dim: int, fill: bool) -> bcp.ShardedTensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -27,7 +28,7 @@ def grid_layout(draw, shape: tuple[int, ...]) -> list[ShardBox]:
     for d, bounds in enumerate(cuts):
         boxes = [
             ShardBox((*b.offsets, lo), (*b.lengths, hi - lo))
-            for b in boxes for lo, hi in zip(bounds, bounds[1:])
+            for b in boxes for lo, hi in itertools.pairwise(bounds)
         ]
     return boxes
 
@@ -37,7 +38,7 @@ def flat_layout(draw, shape: tuple[int, ...]) -> list[ShardBox]:
     """Random contiguous flat ranges (FSDP1-like), each turned into regular boxes."""
     total = math.prod(shape)
     cuts = sorted(draw(st.sets(st.integers(0, total), max_size=5)) | {0, total})
-    return [box for lo, hi in zip(cuts, cuts[1:]) for _, box in flat_range_to_boxes(shape, lo, hi - lo)]
+    return [box for lo, hi in itertools.pairwise(cuts) for _, box in flat_range_to_boxes(shape, lo, hi - lo)]
 
 
 def layouts(shape):

@@ -13,7 +13,7 @@ import bytecheckpoint as bcp
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bytecheckpoint.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "bytecheckpoint.cli", *args], capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_inspect_and_verify(tmp_path) -> None:

@@ -49,11 +49,11 @@ def _load_worker(rank: int, world: int, setup: Setup, path: str) -> tuple[dict, 
 
 def _assert_same(a: dict, b: dict, exact: bool, what: str) -> None:
     assert sorted(a) == sorted(b), f"{what}: keys differ: {sorted(set(a) ^ set(b))}"
-    for k in a:
+    for k, value in a.items():
         if exact:
-            assert torch.equal(a[k], b[k]), f"{what}: {k} differs"
+            assert torch.equal(value, b[k]), f"{what}: {k} differs"
         else:
-            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=f"{what}: {k} differs")
+            torch.testing.assert_close(value, b[k], rtol=1e-5, atol=1e-6, msg=f"{what}: {k} differs")
 
 
 PAIRS = [

@@ -13,11 +13,8 @@ Medians over rounds are printed with ratios and written as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,6 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
+from bench_report import report
 
 import bytecheckpoint as bcp
 
@@ -117,38 +115,23 @@ def main() -> None:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    med = {k: statistics.median(v) for k, v in times.items()}
-    gbps = {k: nbytes / v / 1e9 for k, v in med.items()}
-    ratios = {
-        "bcp_save_vs_raw_throughput": med["raw_save"] / med["bcp_save"],
-        "bcp_load_vs_raw_throughput": med["raw_load"] / med["bcp_load"],
-        "dcp_save_time_over_bcp": med["dcp_save"] / med["bcp_save"],
-        "dcp_load_time_over_bcp": med["dcp_load"] / med["bcp_load"],
-    }
-    print(f"\nstate: {nbytes / 2**20:.0f} MiB in {args.tensors} float32 tensors on {args.device}; "
-          f"medians of {args.rounds} rounds")
-    print(f"{'system':<10}{'save s':>9}{'GB/s':>7}{'load s':>9}{'GB/s':>7}")
-    for name in save_ops:
-        print(f"{name:<10}{med[name + '_save']:>9.3f}{gbps[name + '_save']:>7.2f}"
-              f"{med[name + '_load']:>9.3f}{gbps[name + '_load']:>7.2f}")
-    for k, v in ratios.items():
-        print(f"{k:<32}{v:6.2f}")
-    result = {
-        "benchmark": "checkpoint_local_disk",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": {"node": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"},
-        "bytes": nbytes,
-        "tensors": args.tensors,
-        "rounds": args.rounds,
-        "seconds": times,
-        "median_seconds": med,
-        "median_gb_per_s": gbps,
-        "ratios": ratios,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    report(
+        "checkpoint_local_disk",
+        times,
+        list(save_ops),
+        nbytes,
+        {
+            "bcp_save_vs_raw_throughput": ("raw_save", "bcp_save"),
+            "bcp_load_vs_raw_throughput": ("raw_load", "bcp_load"),
+            "dcp_save_time_over_bcp": ("dcp_save", "bcp_save"),
+            "dcp_load_time_over_bcp": ("dcp_load", "bcp_load"),
+        },
+        f"state: {nbytes / 2**20:.0f} MiB in {args.tensors} float32 tensors on {args.device}; "
+        f"medians of {args.rounds} rounds",
+        args.out,
+        {"tensors": args.tensors, "rounds": args.rounds,
+         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu"},
+    )
 
 
 if __name__ == "__main__":

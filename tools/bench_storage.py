@@ -15,13 +15,10 @@ Medians over rounds are printed with throughput ratios and written as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_report import report
 
 import bytecheckpoint as bcp
 from bytecheckpoint.storage import LocalStorage
@@ -146,41 +144,24 @@ def main() -> None:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
 
-    med = {k: statistics.median(v) for k, v in times.items()}
-    mbps = {k: nbytes / v / 1e6 for k, v in med.items()}
-    ratios = {
-        "s3_bcp_save_vs_raw_put_throughput": med["s3_raw_save"] / med["s3_bcp_save"],
-        "s3_bcp_load_vs_raw_get_throughput": med["s3_raw_load"] / med["s3_bcp_load"],
-        "fsspec_local_save_vs_local_throughput": med["local_save"] / med["fsspec_local_save"],
-        "fsspec_local_load_vs_local_throughput": med["local_load"] / med["fsspec_local_load"],
-    }
-    print(f"\nstate: {nbytes / 2**20:.0f} MiB in {args.tensors} float32 tensors; medians of {args.rounds} rounds;"
-          f" S3 parts {args.part_mib} MiB up / {read_part >> 20} MiB down, {args.concurrency} in flight")
-    print(f"{'system':<14}{'save s':>9}{'MB/s':>8}{'load s':>9}{'MB/s':>8}")
-    for name in save_ops:
-        print(f"{name:<14}{med[name + '_save']:>9.3f}{mbps[name + '_save']:>8.0f}"
-              f"{med[name + '_load']:>9.3f}{mbps[name + '_load']:>8.0f}")
-    for k, v in ratios.items():
-        print(f"{k:<40}{v:6.2f}")
-    result = {
-        "benchmark": "storage_backends",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": {"node": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__},
-        "s3_server": "external" if args.endpoint else "moto_server (loopback)",
-        "bytes": nbytes,
-        "tensors": args.tensors,
-        "rounds": args.rounds,
-        "part_bytes": args.part_mib << 20,
-        "read_part_bytes": read_part,
-        "concurrency": args.concurrency,
-        "seconds": times,
-        "median_seconds": med,
-        "median_mb_per_s": mbps,
-        "ratios": ratios,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    report(
+        "storage_backends",
+        times,
+        list(save_ops),
+        nbytes,
+        {
+            "s3_bcp_save_vs_raw_put_throughput": ("s3_raw_save", "s3_bcp_save"),
+            "s3_bcp_load_vs_raw_get_throughput": ("s3_raw_load", "s3_bcp_load"),
+            "fsspec_local_save_vs_local_throughput": ("local_save", "fsspec_local_save"),
+            "fsspec_local_load_vs_local_throughput": ("local_load", "fsspec_local_load"),
+        },
+        f"state: {nbytes / 2**20:.0f} MiB in {args.tensors} float32 tensors; medians of {args.rounds} rounds; "
+        f"S3 parts {args.part_mib} MiB up / {read_part >> 20} MiB down, {args.concurrency} in flight",
+        args.out,
+        {"tensors": args.tensors, "rounds": args.rounds, "part_bytes": args.part_mib << 20,
+         "read_part_bytes": read_part, "concurrency": args.concurrency,
+         "s3_server": "external" if args.endpoint else "moto_server (loopback)"},
+    )
 
 
 if __name__ == "__main__":

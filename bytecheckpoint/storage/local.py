@@ -96,33 +96,24 @@ class LocalStorage(Storage):
 
     def commit(self, name: str, data: bytes) -> None:
         path = self._path(name)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                if self.fsync:
-                    os.fsync(f.fileno())
+            tmp = self._durable_temp(path, data)
             os.replace(tmp, path)
             if self.fsync:
                 _fsync_dir(path.parent)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
             raise StorageError(f"cannot commit {path}: {exc.strerror or exc}") from exc
 
     def create_exclusive(self, name: str, data: bytes) -> bool:
         """Write a temporary file, then hard-link it to ``name``: link(2) fails if ``name`` exists,
         and a reader never sees the file without its content (as with O_EXCL then write)."""
         path = self._path(name)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                if self.fsync:
-                    os.fsync(f.fileno())
+            tmp = self._durable_temp(path, data)
             try:
                 os.link(tmp, path)
             except FileExistsError:
@@ -132,8 +123,24 @@ class LocalStorage(Storage):
         except OSError as exc:
             raise StorageError(f"cannot create {path}: {exc.strerror or exc}") from exc
         finally:
-            tmp.unlink(missing_ok=True)
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
         return True
+
+    def _durable_temp(self, path: Path, data: bytes) -> Path:
+        """``data`` in a fresh temporary file beside ``path`` (fsync'd if configured)."""
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                if self.fsync:
+                    os.fsync(f.fileno())
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
 
 
 class _LocalWriter:

@@ -1,0 +1,53 @@
+"""Reporting for the interleaved save/load benchmarks: medians per system, a table, ratios, JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def report(
+    benchmark: str,
+    times: dict[str, list[float]],
+    systems: list[str],
+    nbytes: int,
+    ratios: dict[str, tuple[str, str]],
+    header: str,
+    out: str,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Print medians of ``times`` (keys ``<system>_save`` / ``<system>_load``) with throughput and
+    the ``ratios`` (label -> (numerator key, denominator key) of median times); write all as JSON."""
+    med = {k: statistics.median(v) for k, v in times.items()}
+    mbps = {k: nbytes / v / 1e6 for k, v in med.items()}
+    ratio_values = {label: med[a] / med[b] for label, (a, b) in ratios.items()}
+    width = max(len(s) for s in systems) + 2
+    print(f"\n{header}")
+    print(f"{'system':<{width}}{'save s':>9}{'MB/s':>8}{'load s':>9}{'MB/s':>8}")
+    for name in systems:
+        print(f"{name:<{width}}{med[name + '_save']:>9.3f}{mbps[name + '_save']:>8.0f}"
+              f"{med[name + '_load']:>9.3f}{mbps[name + '_load']:>8.0f}")
+    for label, value in ratio_values.items():
+        print(f"{label:<40}{value:6.2f}")
+    result = {
+        "benchmark": benchmark,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": {"node": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "bytes": nbytes,
+        "seconds": times,
+        "median_seconds": med,
+        "median_mb_per_s": mbps,
+        "ratios": ratio_values,
+        **extra,
+    }
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return result

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from bytecheckpoint import MissingKeyError, RankLocal
+from bytecheckpoint import MissingKeyError, RankLocal, StateMismatchError
 
 
 @runtime_checkable
@@ -24,6 +24,37 @@ class Reshardable(Protocol):
     def reshard_state(self) -> tuple[Any, Any]: ...
 
     def load_reshard_state(self, replicated: Any, per_rank: list[Any], rank: int, world: int) -> None: ...
+
+
+class _StatefulParts:
+    """Any object with ``state_dict()``/``load_state_dict()`` (e.g. torchdata's StatefulDataLoader)
+    as a Reshardable: each rank's state_dict is its part. Such state cannot be redistributed, so a
+    load needs the world size that saved it."""
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def reshard_state(self) -> tuple[Any, Any]:
+        return None, self.obj.state_dict()
+
+    def load_reshard_state(self, replicated: Any, per_rank: list[Any], rank: int, world: int) -> None:
+        if len(per_rank) != world:
+            raise StateMismatchError(
+                f"{type(self.obj).__qualname__} was saved by {len(per_rank)} ranks and is loaded by {world}: its "
+                "state_dict() cannot be redistributed; implement the Reshardable protocol "
+                "(integrations.reshardable) to change the data-parallel degree"
+            )
+        self.obj.load_state_dict(per_rank[rank])
+
+
+def as_reshardable(value: Any) -> Reshardable | None:
+    """``value`` itself if it is Reshardable, a per-rank wrapper if it only has state_dict()/
+    load_state_dict(), else None (a plain value)."""
+    if isinstance(value, Reshardable):
+        return value
+    if callable(getattr(value, "state_dict", None)) and callable(getattr(value, "load_state_dict", None)):
+        return _StatefulParts(value)
+    return None
 
 
 def rank_and_world() -> tuple[int, int]:

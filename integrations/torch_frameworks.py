@@ -4,7 +4,8 @@ The checkpoint state is ``{"model": module, "optimizer": optim, "extra_state": {
 "dataloader": loader, "rng": RNGState()}`` (any keys). Modules become their parameters and buffers
 by FQN (DTensors for FSDP2, FlatShards of the local flat ranges for FSDP1, replicated tensors for
 DDP), optimizers their FQN-keyed state (optimizer_state), Reshardable objects their replicated and
-per-rank parts, and anything else is saved as it is and comes back in the dict.
+per-rank parts, other objects with state_dict()/load_state_dict() (a StatefulDataLoader) one part
+per rank, and anything else is saved as it is and comes back in the dict.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from bytecheckpoint.frameworks import SavedCheckpoint
 
 from . import optimizer_state as optim_state
 from .param_views import ParamView, direct_views, fsdp1_views, unwrap_ddp
-from .reshardable import Reshardable, apply_layout, load_layout, save_layout
+from .reshardable import apply_layout, as_reshardable, load_layout, save_layout
 
 
 class _TorchAdapter:
@@ -48,8 +49,8 @@ class _TorchAdapter:
                 out[key] = self.model_state(value)
             elif isinstance(value, torch.optim.Optimizer):
                 out[key] = optim_state.optimizer_checkpoint(value, self._views_for(checkpoint_state, key))
-            elif isinstance(value, Reshardable):
-                out[key] = save_layout(value)
+            elif (parts := as_reshardable(value)) is not None:
+                out[key] = save_layout(parts)
             else:
                 out[key] = value
         return out
@@ -64,7 +65,7 @@ class _TorchAdapter:
                 optim_state.init_optimizer_state(value)
                 target = optim_state.optimizer_checkpoint(value, self._views_for(checkpoint_state, key))
                 targets[key] = {**target, "type": None, "param_groups": None}
-            elif isinstance(value, Reshardable):
+            elif as_reshardable(value) is not None:
                 targets[key] = load_layout()
             else:
                 targets[key] = value
@@ -76,8 +77,8 @@ class _TorchAdapter:
                 continue  # filled in place
             if isinstance(value, torch.optim.Optimizer):
                 optim_state.apply_loaded(value, self._views_for(checkpoint_state, key), targets[key], key)
-            elif isinstance(value, Reshardable):
-                apply_layout(value, targets[key], key)
+            elif (parts := as_reshardable(value)) is not None:
+                apply_layout(parts, targets[key], key)
             else:
                 checkpoint_state[key] = targets[key]
 

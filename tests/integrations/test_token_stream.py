@@ -112,3 +112,42 @@ def test_dataloader_and_rng_reshard_from_4_to_2_real_ranks(tmp_path) -> None:
     # rank r of the new world continues old rank r's random streams
     for rank, (_, _, after_rng) in enumerate(resumed):
         assert torch.equal(after_rng, saved[rank][1])
+
+
+class CountingLoader:
+    """A dataloader with only the state_dict protocol (like torchdata's StatefulDataLoader)."""
+
+    def __init__(self, rank: int) -> None:
+        self.position = 0
+        self.rank = rank
+
+    def state_dict(self) -> dict:
+        return {"position": self.position, "rank": self.rank}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = state["position"]
+        assert state["rank"] == self.rank
+
+
+def _save_stateful(rank: int, world: int, path: str) -> None:
+    loader = CountingLoader(rank)
+    loader.position = 10 + rank
+    bcp.save(path, {"dataloader": loader}, framework="ddp", timeout=60)
+
+
+def _load_stateful(rank: int, world: int, path: str) -> int | str:
+    loader = CountingLoader(rank)
+    try:
+        bcp.load(path, {"dataloader": loader}, framework="ddp", timeout=60)
+    except bcp.StateMismatchError as exc:
+        return str(exc)
+    return loader.position
+
+
+@pytest.mark.distributed
+def test_state_dict_dataloaders_resume_per_rank_and_refuse_a_new_world_size(tmp_path) -> None:
+    path = str(tmp_path / "ck")
+    run_ranks(2, _save_stateful, path)
+    assert run_ranks(2, _load_stateful, path) == [10, 11]
+    messages = run_ranks(3, _load_stateful, path)
+    assert all("saved by 2 ranks and is loaded by 3" in m for m in messages)

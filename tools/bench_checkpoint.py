@@ -1,6 +1,7 @@
 """Save/load throughput on local disk against the physical limit and against PyTorch DCP.
 
-In each round, interleaved (A B C, then B C A, ...), on the same state, old files deleted first:
+In each round, interleaved (A B C, then B C A, ...), on the same state, old files deleted and
+the disk synced before each save:
   raw write  - the same bytes written to one file and fsync'd (the disk's limit)
   bcp save   - bytecheckpoint.save (fsync'd, checksummed)
   dcp save   - torch.distributed.checkpoint.save
@@ -106,6 +107,7 @@ def main() -> None:
                     shutil.rmtree(paths[name])
                 elif paths[name].exists():
                     paths[name].unlink()
+                os.sync()  # every save starts on a quiet disk: the deletion is not charged to it
                 times[f"{name}_save"].append(timed(save_ops[name]))
                 drop_cache(paths[name])
             for name in order:

@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--tensors", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--part-mib", type=int, default=16, help="S3 multipart part size")
-    parser.add_argument("--read-part-mib", type=int, default=None, help="S3 ranged GET size (default: --part-mib)")
+    parser.add_argument("--read-part-mib", type=int, default=64, help="S3 ranged GET size in MiB")
     parser.add_argument("--concurrency", type=int, default=8, help="S3 parts in flight")
     parser.add_argument("--endpoint", default=None, help="S3 endpoint (default: start a moto server)")
     parser.add_argument("--bucket", default="bcp-bench")
@@ -95,7 +95,7 @@ def main() -> None:
     raw_fs.mkdir(args.bucket)
     run = uuid.uuid4().hex[:8]
     raw_key = f"{args.bucket}/raw-{run}.bin"
-    read_part = (args.read_part_mib or args.part_mib) << 20
+    read_part = args.read_part_mib << 20
     s3 = S3Storage(f"s3://{args.bucket}/bcp-{run}", endpoint_url=endpoint, part_size=args.part_mib << 20,
                    read_part_size=read_part, concurrency=args.concurrency)
     scratch = Path(tempfile.mkdtemp(prefix="bcp-bench-storage-", dir=args.dir))

@@ -3,7 +3,7 @@
 - Data files are uploaded as multipart uploads: ``part_size`` bytes a part, up to ``concurrency``
   parts in flight (memory: about ``part_size * concurrency`` per open writer). A file smaller
   than one part is one PUT. AWS needs parts of at least 5 MiB (except the last); test servers
-  may allow less. Reads are ranged GETs of up to ``read_part_size`` bytes (default: ``part_size``),
+  may allow less. Reads are ranged GETs of up to ``read_part_size`` bytes (default 64 MiB),
   ``concurrency`` at a time.
 - Every request is retried on transient errors (connection refused/reset, timeouts, HTTP 5xx,
   throttling) with exponential backoff: ``attempts`` tries, waits of ``backoff_s * 2**i`` capped
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_PART_SIZE = 16 << 20
+DEFAULT_READ_PART_SIZE = 64 << 20  # fewer, larger ranged GETs: each request has a fixed cost
 DEFAULT_CONCURRENCY = 8
 _TRANSIENT_CODES = {
     "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling",
@@ -90,7 +91,7 @@ class S3Storage(Storage):
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.url = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         self.part_size, self.concurrency = part_size, concurrency
-        self.read_part_size = read_part_size or part_size
+        self.read_part_size = read_part_size or DEFAULT_READ_PART_SIZE
         self.attempts, self.backoff_s, self.max_backoff_s = attempts, backoff_s, max_backoff_s
         self._settings = {"part_size": part_size, "concurrency": concurrency, "read_part_size": self.read_part_size,
                           "attempts": attempts, "backoff_s": backoff_s, "max_backoff_s": max_backoff_s}

@@ -11,14 +11,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import xxhash
+
 from .boxes import ShardBox
 from .dtypes import itemsize, torch_dtype
-from .errors import MetadataError, UnsupportedVersionError
+from .errors import ChecksumMismatchError, MetadataError, UnsupportedVersionError
 
 FORMAT_NAME = "bytecheckpoint"
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
 CHECKSUM_ALGORITHM = "xxh3_64"
+METADATA_CHECKSUM_KEY = "metadata_checksum"
 
 Path = tuple[str | int, ...]
 
@@ -134,7 +137,10 @@ class CheckpointMetadata:
         }
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False).encode()
+        """The metadata file: the document plus ``metadata_checksum``, the xxh3-64 of its canonical form."""
+        doc = self.to_dict()
+        doc[METADATA_CHECKSUM_KEY] = metadata_checksum(doc)
+        return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
     @classmethod
     def from_json(cls, raw: bytes, where: str) -> CheckpointMetadata:
@@ -142,20 +148,22 @@ class CheckpointMetadata:
             doc = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise MetadataError(f"{where}: metadata is not valid JSON ({exc})") from None
+        _check_format_and_version(doc, where)  # first: another version may checksum differently
+        if METADATA_CHECKSUM_KEY in doc:
+            recorded = doc.pop(METADATA_CHECKSUM_KEY)
+            actual = metadata_checksum(doc)
+            if recorded != actual:
+                raise ChecksumMismatchError(
+                    f"{where}: metadata checksum mismatch (xxh3 {actual}, recorded {recorded!r}): the metadata "
+                    "file was altered or damaged after it was written"
+                )
         return cls.from_dict(doc, where)
 
     @classmethod
     def from_dict(cls, doc: Any, where: str) -> CheckpointMetadata:
         """Parse and validate a metadata document; every problem names ``where`` and the field."""
-        d = _expect(doc, dict, where)
-        if d.get("format") != FORMAT_NAME:
-            raise MetadataError(f"{where}: not a bytecheckpoint metadata file (format={d.get('format')!r})")
-        version = d.get("version")
-        if version != FORMAT_VERSION:
-            raise UnsupportedVersionError(
-                f"{where}: format version {version!r} is not supported (this library reads version "
-                f"{FORMAT_VERSION}); upgrade bytecheckpoint to read it"
-            )
+        d = _check_format_and_version(doc, where)
+        version = d["version"]
         w = _expect(d.get("writer"), dict, f"{where}: writer")
         writer = WriterInfo(
             library=str(w.get("library", "")),
@@ -183,6 +191,24 @@ class CheckpointMetadata:
                 raise MetadataError(f"{where}: key {entry.fqn!r} appears twice")
             seen.add(entry.path)
         return cls(writer=writer, block_size=block_size, tensors=tensors, values=values, version=version)
+
+
+def _check_format_and_version(doc: Any, where: str) -> dict[str, Any]:
+    d = _expect(doc, dict, where)
+    if d.get("format") != FORMAT_NAME:
+        raise MetadataError(f"{where}: not a bytecheckpoint metadata file (format={d.get('format')!r})")
+    if d.get("version") != FORMAT_VERSION:
+        raise UnsupportedVersionError(
+            f"{where}: format version {d.get('version')!r} is not supported (this library reads version "
+            f"{FORMAT_VERSION}); upgrade bytecheckpoint to read it"
+        )
+    return d
+
+
+def metadata_checksum(doc: dict[str, Any]) -> str:
+    """xxh3-64 (hex) of ``doc`` as canonical JSON: keys sorted, no spaces, ASCII only."""
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return xxhash.xxh3_64_hexdigest(canonical.encode())
 
 
 def block_count(byte_length: int, block_size: int) -> int:

@@ -105,3 +105,13 @@ def test_corrupt_metadata_json(ckpt) -> None:
     (ckpt / METADATA_FILE).write_bytes(b'{"format": "bytecheckpoint", "vers')
     with pytest.raises(bcp.MetadataError, match="metadata.json: metadata is not valid JSON"):
         bcp.load(ckpt, _target())
+
+
+def test_a_flip_inside_metadata_that_stays_valid_json_is_caught(ckpt) -> None:
+    raw = (ckpt / METADATA_FILE).read_bytes()
+    assert b'"value":3' in raw
+    (ckpt / METADATA_FILE).write_bytes(raw.replace(b'"value":3', b'"value":7'))  # step 3 -> 7, still valid JSON
+    with pytest.raises(bcp.ChecksumMismatchError, match="metadata.json: metadata checksum mismatch"):
+        bcp.load(ckpt, _target())
+    with pytest.raises(bcp.ChecksumMismatchError, match="metadata checksum mismatch"):
+        bcp.verify(ckpt)

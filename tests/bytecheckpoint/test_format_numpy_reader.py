@@ -18,6 +18,9 @@ NUMPY = {"float32": np.dtype("<f4"), "int64": np.dtype("<i8"), "bool": np.dtype(
 def read_with_numpy(root) -> dict[str, np.ndarray]:
     meta = json.loads((root / "metadata.json").read_text())
     assert meta["format"] == "bytecheckpoint" and meta["version"] == 1
+    recorded = meta.pop("metadata_checksum")
+    canonical = json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    assert xxhash.xxh3_64_hexdigest(canonical.encode()) == recorded
     block = meta["checksum"]["block_size"]
     out = {}
     for t in meta["tensors"]:

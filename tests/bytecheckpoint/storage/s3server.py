@@ -187,6 +187,10 @@ class TcpProxy:
 
     def stop(self) -> None:
         if self.listener is not None:
+            try:  # wakes the thread blocked in accept(); close() alone leaves the socket listening
+                self.listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self.listener.close()
             self.listener = None
         with self.lock:

@@ -13,7 +13,7 @@ stronger ones. Capability flags say what a backend guarantees (see docs/FORMAT.m
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 
 class DataWriter(Protocol):
@@ -104,3 +104,15 @@ def join_name(prefix: str, name: str) -> str:
     """``prefix/name`` without doubled or leading slashes."""
     parts = [p for p in (prefix.strip("/"), name.strip("/")) if p]
     return "/".join(parts)
+
+
+def read_fully(f: BinaryIO, offset: int, buffer: memoryview) -> int:
+    """Fill ``buffer`` from ``offset`` of an open file; return the bytes read (fewer at its end)."""
+    f.seek(offset)
+    total = 0
+    while total < len(buffer):
+        n = f.readinto(buffer[total:])
+        if not n:
+            break
+        total += n
+    return total

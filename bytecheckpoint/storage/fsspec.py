@@ -17,7 +17,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractBufferedFile
 
 from ..errors import ObjectNotFoundError, StorageError
-from .base import DataWriter, Storage
+from .base import DataWriter, Storage, read_fully
 from .local import LocalStorage
 
 log = logging.getLogger(__name__)
@@ -68,14 +68,7 @@ class FsspecStorage(Storage):
         if self.is_local:  # straight into the buffer, no intermediate bytes
             try:
                 with self.fs.open(self._path(name), "rb") as f:
-                    f.seek(offset)
-                    total = 0
-                    while total < len(buffer):
-                        n = f.readinto(buffer[total:])
-                        if not n:
-                            break
-                        total += n
-                    return total
+                    return read_fully(f, offset, buffer)
             except Exception as exc:
                 raise self._fail("read", name, exc) from exc
         try:

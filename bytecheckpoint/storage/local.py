@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 from ..errors import StorageError
-from .base import DataWriter, Storage
+from .base import DataWriter, Storage, read_fully
 
 
 class LocalStorage(Storage):
@@ -38,14 +38,7 @@ class LocalStorage(Storage):
 
     def read_into(self, name: str, offset: int, buffer: memoryview) -> int:
         with open(self._path(name), "rb", buffering=0) as f:
-            f.seek(offset)
-            total = 0
-            while total < len(buffer):
-                n = f.readinto(buffer[total:])
-                if not n:
-                    break
-                total += n
-            return total
+            return read_fully(f, offset, buffer)
 
     def read(self, name: str) -> bytes:
         return self._path(name).read_bytes()

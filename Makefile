@@ -6,6 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+S3RVER_VERSION := 3.7.1
+S3RVER := .s3rver/node_modules/s3rver/package.json
 
 .PHONY: setup demo test lint bench clean
 
@@ -17,10 +19,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# npm's s3rver (a disk-backed S3 server) for the storage and fault tests, in a git-ignored folder
+$(S3RVER):
+	npm install --prefix .s3rver --no-audit --no-fund --loglevel=error "s3rver@$(S3RVER_VERSION)"
+
 demo: setup
 	$(PY) tools/demo.py
 
-test: setup
+test: setup $(S3RVER)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
@@ -30,4 +36,4 @@ bench: setup
 	$(PY) tools/bench_checkpoint.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .s3rver .pytest_cache .hypothesis build *.egg-info

@@ -27,6 +27,7 @@ from tests.bytecheckpoint.storage.s3server import (
     BUCKET,
     MOTO_CREDENTIALS,
     MotoServer,
+    S3rverServer,
     TcpProxy,
     moto_server,  # noqa: F401 - fixture
 )
@@ -327,6 +328,92 @@ def test_s3_server_killed_and_restarted_mid_upload_gives_a_clear_error(tmp_path)
         assert time.monotonic() - begin < 15
     finally:
         proxy.stop()
+        server.kill()
+
+
+class _PauseAfterBytes(S3Storage):
+    """S3Storage whose data writers, once ``threshold`` bytes were handed to them in all, signal
+    ``reached`` and wait (bounded) for ``resume`` before writing on: a hook to act mid-upload."""
+
+    def __init__(self, url: str, threshold: int, reached: threading.Event, resume: threading.Event,
+                 written: list[int] | None = None, **kw) -> None:
+        super().__init__(url, **kw)
+        self.hook = (threshold, reached, resume, written if written is not None else [0])
+        self.kw = kw
+
+    def child(self, name: str) -> _PauseAfterBytes:
+        return _PauseAfterBytes(f"s3://{self.bucket}/{self._key(name)}", *self.hook, **{**self.kw, "fs": self.fs})
+
+    def open_writer(self, name: str):
+        writer = super().open_writer(name)
+        threshold, reached, resume, written = self.hook
+        inner_write = writer.write
+
+        def write(data: memoryview) -> None:
+            inner_write(data)
+            written[0] += len(memoryview(data).cast("B"))
+            if written[0] >= threshold and not reached.is_set():
+                reached.set()
+                resume.wait(10)
+
+        writer.write = write
+        return writer
+
+
+def test_s3rver_killed_and_restarted_mid_upload_keeps_the_committed_checkpoint(tmp_path, monkeypatch) -> None:
+    """s3rver keeps its objects on disk: SIGKILLed mid-upload and restarted on the same port and
+    directory, it still has the committed step. The interrupted save either rides out the outage on
+    its retries (and verifies) or fails with an error naming its object and is not reported complete."""
+    n = 1 << 18  # ~1.6 MB of data: 7 parts of 256 KiB
+    server = S3rverServer(tmp_path / "s3rver-data")
+    server.start()
+    for key, value in server.environ.items():
+        monkeypatch.setenv(key, value)
+    reached, resume = threading.Event(), threading.Event()
+    outcome: dict[str, object] = {}
+    try:
+        url = f"s3://{BUCKET}/faults-{uuid.uuid4().hex[:8]}"
+        options = {"endpoint_url": server.endpoint, "part_size": 256 << 10, "concurrency": 2, "attempts": 6,
+                   "backoff_s": 0.2, "connect_timeout_s": 1, "read_timeout_s": 5}
+        bcp.CheckpointManager(S3Storage(url, **options)).save(1, state_for(1, n))
+        # the second save, in the background, pauses after 600 KB (its multipart upload open, two parts
+        # sent) until the server is dead; its next parts meet a dead server, then a restarted one
+        mgr = bcp.CheckpointManager(_PauseAfterBytes(url, 600 << 10, reached, resume, **options))
+
+        def second_save() -> None:
+            try:
+                outcome["summary"] = mgr.save(2, state_for(2, n))
+            except Exception as exc:  # noqa: BLE001 - judged below
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=second_save, daemon=True)
+        thread.start()
+        assert reached.wait(10), "the second save never got mid-upload"
+        assert thread.is_alive()
+        server.kill()  # SIGKILL, mid-upload
+        resume.set()
+        time.sleep(0.3)
+        server.start()  # same port, same directory
+        thread.join(20)
+        assert not thread.is_alive(), "the second save hung after the server came back"
+
+        fresh = bcp.CheckpointManager(S3Storage(url, **options))
+        bcp.verify(fresh.checkpoint(1))
+        target = blank(n)
+        assert fresh.restore(target, step=1) == 1
+        want = state_for(1, n)
+        assert torch.equal(target["model"]["w"], want["model"]["w"]) and torch.equal(target["optim"]["m"], want["optim"]["m"])
+        if "error" in outcome:
+            error = outcome["error"]
+            assert isinstance(error, bcp.StorageError), repr(error)
+            assert f"s3://{BUCKET}/{url.rsplit('/', 1)[1]}/step_00000002/" in str(error)
+            assert not fresh.checkpoint(2).exists(METADATA_FILE)
+            assert fresh.steps() == [1]
+        else:
+            assert fresh.steps() == [1, 2]
+            assert assert_restores_committed(fresh.storage, n) == 2
+    finally:
+        resume.set()
         server.kill()
 
 

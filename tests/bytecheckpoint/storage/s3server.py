@@ -1,4 +1,5 @@
-"""A real S3 server for tests: ``moto_server`` in its own process on a free loopback port."""
+"""Real S3 servers for tests, each in its own process on a free loopback port: ``moto_server``
+(objects in memory) and npm's ``s3rver`` (objects on disk, so it survives a kill and restart)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,6 +110,93 @@ def moto_server() -> Iterator[MotoServer]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+S3RVER_CREDENTIALS = {  # s3rver's only account; other keys get InvalidAccessKeyId
+    "AWS_ACCESS_KEY_ID": "S3RVER",
+    "AWS_SECRET_ACCESS_KEY": "S3RVER",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+REPO_ROOT = Path(__file__).resolve().parents[3]
+S3RVER_BIN = REPO_ROOT / ".s3rver" / "node_modules" / ".bin" / "s3rver"
+S3RVER_INSTALL = "npm install --prefix .s3rver s3rver@3.7.1  (run in the repository root; .ci/run does it)"
+
+
+class S3rverServer:
+    """npm's ``s3rver`` on 127.0.0.1: a disk-backed S3 server keeping its objects under ``directory``.
+    ``kill()`` SIGKILLs its process group; ``start()`` brings it back on the same port and directory,
+    objects and unfinished multipart uploads included. It checks signatures against its one built-in
+    key pair (``S3RVER_CREDENTIALS``) and ignores ``If-None-Match`` on PUT."""
+
+    def __init__(self, directory: str | os.PathLike[str], port: int | None = None,
+                 buckets: tuple[str, ...] = (BUCKET,)) -> None:
+        self.directory = Path(directory)
+        self.port = port or free_port()
+        self.buckets = buckets
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def environ(self) -> dict[str, str]:
+        """What a client needs in its environment to reach this server by ``s3://`` URL alone."""
+        return {**S3RVER_CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint}
+
+    def start(self, timeout: float = 20.0) -> None:
+        if not S3RVER_BIN.exists():
+            pytest.fail(f"s3rver is not installed ({S3RVER_BIN} is missing); install it with: {S3RVER_INSTALL}",
+                        pytrace=False)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        args = [str(S3RVER_BIN), "--directory", str(self.directory), "--address", "127.0.0.1",
+                "--port", str(self.port), "--silent"]
+        for bucket in self.buckets:  # created at startup; already there after a restart, kept as it is
+            args += ["--configure-bucket", bucket]
+        log = self.directory.parent / f"{self.directory.name}.s3rver.log"  # beside the data, not in it
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                code, self.proc = self.proc.returncode, None
+                raise RuntimeError(f"s3rver exited with code {code} on port {self.port}: "
+                                   f"{log.read_text(errors='replace')[-2000:]}")
+            try:  # buckets are configured before it listens: any HTTP answer means it is ready
+                with urllib.request.urlopen(self.endpoint, timeout=1):
+                    return
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"s3rver did not answer on {self.endpoint} within {timeout}s")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def __enter__(self) -> S3rverServer:  # noqa: PYI034
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+@pytest.fixture(scope="session")
+def s3rver_server() -> Iterator[S3rverServer]:
+    """One s3rver for the session, on a free port with a temporary data directory and the test bucket.
+    It leaves the environment alone (``moto_server`` owns ``AWS_ENDPOINT_URL``): a test points its
+    clients at it with ``monkeypatch.setenv`` over ``server.environ``, or ``endpoint_url=``."""
+    with tempfile.TemporaryDirectory(prefix="bcp-s3rver-") as directory, \
+            S3rverServer(Path(directory) / "data") as server:
+        yield server
 
 
 class TcpProxy:

@@ -1,5 +1,6 @@
 """One test suite that every storage backend must pass: memory, local disk, fsspec (memory://,
-file:// and s3fs) and S3 against a real moto server process on loopback."""
+file:// and s3fs) and S3 against real server processes on loopback: moto (in memory) and s3rver
+(on disk)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,24 @@ from bytecheckpoint.storage import LocalStorage, MemoryStorage, Storage, resolve
 from bytecheckpoint.storage.fsspec import FsspecStorage
 from tests.bytecheckpoint.storage.s3server import BUCKET, TEST_PART_SIZE
 
-BACKENDS = ["memory", "local", "fsspec-memory", "fsspec-local", "fsspec-s3", "s3"]
+BACKENDS = ["memory", "local", "fsspec-memory", "fsspec-local", "fsspec-s3", "s3", "s3rver"]
 LARGE = 3 * (1 << 20) + 123  # several S3 parts, not a multiple of anything
+# what s3rver 3.7.1 itself gets wrong (seen in its lib/): xfails on s3rver alone, strict where it
+# always fails; the in-place PUT is a race that this test loses in about half of the runs
+S3RVER_GAPS = {
+    "test_list_is_recursive_sorted_and_prefix_scoped": pytest.mark.xfail(strict=True, reason=(
+        "s3rver drops a CommonPrefix whose objects all lie more than one level down (its directory walk "
+        "prunes them before it finds an object)")),
+    "test_create_exclusive_has_one_winner": pytest.mark.xfail(strict=True, reason=(
+        "s3rver ignores If-None-Match on PUT: a conditional create overwrites")),
+    "test_commit_is_all_or_nothing_for_concurrent_readers": pytest.mark.xfail(strict=False, reason=(
+        "s3rver writes a PUT's body in place (truncate, then write): a concurrent GET may see a partial "
+        "object (a race: not strict)")),
+}
 
 
 @pytest.fixture(params=BACKENDS)
-def storage(request, tmp_path) -> Iterator[Storage]:
+def storage(request, tmp_path, monkeypatch) -> Iterator[Storage]:
     kind = request.param
     unique = uuid.uuid4().hex[:12]
     if kind == "memory":
@@ -36,6 +49,15 @@ def storage(request, tmp_path) -> Iterator[Storage]:
         st.fs.rm(st.root, recursive=True) if st.fs.exists(st.root) else None
     elif kind == "fsspec-local":
         yield FsspecStorage(f"file://{tmp_path / 'ck'}")
+    elif kind == "s3rver":  # S3Storage against s3rver; URL-only calls find it through the environment
+        if request.function.__name__ in S3RVER_GAPS:
+            request.applymarker(S3RVER_GAPS[request.function.__name__])
+        server = request.getfixturevalue("s3rver_server")
+        for key, value in server.environ.items():
+            monkeypatch.setenv(key, value)
+        st = resolve_storage(f"s3://{BUCKET}/{unique}", part_size=TEST_PART_SIZE, concurrency=4)
+        yield st
+        st.delete_prefix("")
     else:
         request.getfixturevalue("moto_server")
         if kind == "s3":

@@ -106,6 +106,13 @@ class AccessLink:
         if taken:  # someone else's (or a crashed run's): never delete what this link did not create
             raise FabricError(f"namespace(s) {sorted(taken)} already exist; pick another link name or remove "
                               f"them with `ip netns delete`")
+        blocks = [f"10.{self.net}.{self.index}.0/30"] + ([f"10.{self.net + 1}.{self.index}.0/30"] if self.spec.impaired else [])
+        for block in blocks:  # never take over an address or route the host already has
+            used = run("ip", "-4", "-o", "addr", "show", "to", block).stdout.strip()
+            routed = run("ip", "-4", "route", "show", "exact", block).stdout.strip()
+            if used or routed:
+                raise FabricError(f"address block {block} is already in use on this host ({(used or routed)[:120]}); "
+                                  "pick another net= for the link")
         try:
             self._build()
         except BaseException:

@@ -79,3 +79,18 @@ def test_existing_namespace_is_refused_not_deleted(clean_namespaces):
         assert name in list_namespaces()
     finally:
         delete_namespace(name)
+
+
+def test_an_address_block_the_host_already_uses_is_refused(clean_namespaces):
+    from netsim.fabric import FabricError
+
+    dev = PREFIX + "dm"
+    subprocess.run(["ip", "link", "add", dev, "type", "veth", "peer", "name", dev + "p"], check=True)  # no dummy module here
+    try:
+        subprocess.run(["ip", "addr", "add", f"10.{NET}.11.1/30", "dev", dev], check=True)
+        with pytest.raises(FabricError, match=rf"address block 10\.{NET}\.11\.0/30 is already in use"):
+            AccessLink(PREFIX + "b", 11, LinkSpec(down_bps=1e6, up_bps=1e6), net=NET).up()
+        out = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", dev], capture_output=True, text=True, check=True).stdout
+        assert f"10.{NET}.11.1/30" in out  # the host's address is untouched
+    finally:
+        subprocess.run(["ip", "link", "del", dev], check=False)

@@ -67,23 +67,21 @@ class InProcessBackend(Backend):
     def process_message(self, message: Message, context: Context) -> tuple[Message, Context]:
         if self.app_fn is None:
             raise RuntimeError("InProcessBackend.build() was not called before process_message()")
-        rec, prof, msg_id = self.recorder, self.profile, message.metadata.message_id
-        if rec is not None:
-            rec.mark("recv_start", msg=msg_id)
-        nbytes = message_bytes(message)
-        if prof is not None:
-            time.sleep(prof.model_seconds(nbytes, "down"))
-        if rec is not None:
-            rec.mark("recv_end", msg=msg_id, bytes=nbytes)
+        msg_id = message.metadata.message_id
+        self._transfer(message, msg_id, "down", "recv_start", "recv_end")
         reply = self.app_fn()(message, context)
-        if rec is not None:
-            rec.mark("send_start", msg=msg_id)
-        nbytes = message_bytes(reply)
-        if prof is not None:
-            time.sleep(prof.model_seconds(nbytes, "up"))
-        if rec is not None:
-            rec.mark("send_end", msg=msg_id, bytes=nbytes)
+        self._transfer(reply, msg_id, "up", "send_start", "send_end")
         return reply, context
+
+    def _transfer(self, message: Message, msg_id: str, direction: str, start: str, end: str) -> None:
+        """Model one message crossing the link: marks around a sleep of the profile's transfer time."""
+        if self.recorder is not None:
+            self.recorder.mark(start, msg=msg_id)
+        nbytes = message_bytes(message)
+        if self.profile is not None:
+            time.sleep(self.profile.model_seconds(nbytes, direction))
+        if self.recorder is not None:
+            self.recorder.mark(end, msg=msg_id, bytes=nbytes)
 
 
 def run(out: Path, clients: int, rounds: int, profile: LinkProfile | None, settings: dict[str, Any]) -> None:

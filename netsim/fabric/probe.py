@@ -61,14 +61,18 @@ class ProbeServer:
                 first, last = _recv_all(conn, nbytes)
                 conn.sendall(json.dumps({"seconds": last - first}).encode())
             elif mode == "down":
-                payload = b"\0" * CHUNK
-                left = nbytes
-                while left > 0:
-                    conn.sendall(payload[:min(CHUNK, left)])
-                    left -= CHUNK
+                _send_zeros(conn, nbytes)
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _send_zeros(sock: socket.socket, nbytes: int) -> None:
+    payload = b"\0" * CHUNK
+    left = nbytes
+    while left > 0:
+        sock.sendall(payload[:min(CHUNK, left)])
+        left -= CHUNK
 
 
 def client(host: str, port: int, mode: str, nbytes: int) -> dict[str, float]:
@@ -84,11 +88,7 @@ def client(host: str, port: int, mode: str, nbytes: int) -> dict[str, float]:
         s.sendall(f"{mode} {nbytes}\n".encode())
         s.recv(3)
         if mode == "up":
-            payload = b"\0" * CHUNK
-            left = nbytes
-            while left > 0:
-                s.sendall(payload[:min(CHUNK, left)])
-                left -= CHUNK
+            _send_zeros(s, nbytes)
             s.shutdown(socket.SHUT_WR)
             seconds = json.loads(s.recv(256))["seconds"]
         else:

@@ -24,10 +24,7 @@ def plot_cct_by_policy(results: dict[str, SimulationResult], path: str | Path) -
     ax.set_ylabel("collective completion time (ms)")
     ax.set_title("CCT by path policy")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_fct_cdf(results: dict[str, SimulationResult], path: str | Path) -> Path:
@@ -44,10 +41,7 @@ def plot_fct_cdf(results: dict[str, SimulationResult], path: str | Path) -> Path
     ax.set_ylabel("fraction of flows")
     ax.set_title("FCT CDF")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_link_utilisation(result: SimulationResult, topology: LeafSpine, path: str | Path) -> Path:
@@ -64,6 +58,10 @@ def plot_link_utilisation(result: SimulationResult, topology: LeafSpine, path: s
         ax.set_ylabel("leaf" if topology.planes == 1 else "plane x leaf")
         ax.set_title(f"{title} utilisation ({result.policy})")
         fig.colorbar(image, ax=ax)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

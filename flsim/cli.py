@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -12,35 +13,36 @@ from rich.console import Console
 from rich.table import Table
 
 from flsim.errors import FlsimError
-from flsim.links import BUILTIN, load_profile
+from flsim.links import BUILTIN, LinkProfile, load_profile
 from flsim.metrics import write_textfile
 from flsim.phases import PHASES
 from flsim.results import write_results
+from flsim.runner import RunConfig
 
 app = typer.Typer(help="Federated-learning round instrumentation: Flower FedAvg (SuperLink + SuperNodes as "
                        "processes, one network namespace and emulated link per client), every phase of every "
                        "round recorded.", no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
+progress = Console(stderr=True)  # progress lines stay off stdout, which --json keeps for the JSON
 
 Profile = Annotated[str, typer.Option(help=f"Link profile: {', '.join(BUILTIN)}, 'loopback' (no namespaces, no "
                                            "shaping) or a JSON/TOML profile file.")]
+Packing = Annotated[str, typer.Option(help="How messages carry the model: 'tensors' (one Flower object, i.e. "
+                                            "one HTTP request, per tensor) or 'flat' (one float32 vector).")]
 Poll = Annotated[float | None, typer.Option(help="Poll interval in s for the server and the SuperNodes "
                                                  "(default: Flower's 3 s; polling is reported as its own phase).")]
 
 
-def _run(out: Path, clients: int, rounds: int, profile: str, samples: int, poll: float | None, width: float,
-         timeout: float, mode: str = "deployment") -> dict:
-    from flsim.runner import RunConfig, run_deployment, run_simulation_mode
+def _run(out: Path, cfg: RunConfig, prof: LinkProfile | None, mode: str = "deployment", parquet: bool = False) -> dict:
+    from flsim.runner import run_deployment, run_simulation_mode
 
     if mode not in ("deployment", "simulation"):
         raise FlsimError(f"--mode must be 'deployment' or 'simulation', found {mode!r}")
-    prof = None if profile == "loopback" else load_profile(profile)
-    cfg = RunConfig(clients=clients, rounds=rounds, samples=samples, poll_s=poll, width=width, timeout_s=timeout)
     outcome = (run_deployment if mode == "deployment" else run_simulation_mode)(out, cfg, prof)
     extra = {"mode": mode, "links": "emulated" if mode == "deployment" and prof else (
              "modelled" if prof else "loopback"), "profile": prof.to_dict() if prof else {"name": "loopback"},
              "config": cfg.__dict__, "wall_seconds": outcome.wall_seconds, "clock_offsets": outcome.offsets}
-    summary = write_results(out, outcome.timelines, outcome.events, extra)
+    summary = write_results(out, outcome.timelines, outcome.events, extra, parquet=parquet)
     write_textfile(outcome.timelines, extra["profile"]["name"], out / "metrics.prom")
     return summary
 
@@ -64,17 +66,30 @@ def run(
     profile: Profile = "ethernet",
     samples: Annotated[int, typer.Option(help="Synthetic CIFAR-10-shaped samples per client.")] = 32,
     width: Annotated[float, typer.Option(help="Channel-width factor of the CNN (1.0 = ~2.9 MB model).")] = 1.0,
+    epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 1,
+    threads: Annotated[int, typer.Option(help="Torch threads per client (1: one core per client).")] = 1,
+    clock_skews: Annotated[str, typer.Option(help="Comma-separated clock skews in s, one per client: run each "
+                                                  "SuperNode as an emulated host whose clock is off by it, to "
+                                                  "exercise clock-offset estimation.")] = "",
     poll: Poll = None,
+    packing: Packing = "tensors",
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 900.0,
     mode: Annotated[str, typer.Option(help="deployment: SuperLink + SuperNodes as processes, links emulated in "
                                            "namespaces (root); simulation: Flower's simulation runtime in one "
                                            "process, links modelled from the profile (no root).")] = "deployment",
+    parquet: Annotated[bool, typer.Option(help="Also write phases.parquet and rounds.parquet (needs pyarrow).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json to stdout.")] = False,
 ) -> None:
     """Run FedAvg with Flower and record every phase of every round."""
     if not 1 <= clients <= 200:
         raise FlsimError(f"--clients must be in 1..200, found {clients}")
-    summary = _run(out, clients, rounds, profile, samples, poll, width, timeout, mode)
+    try:
+        skews = tuple(float(x) for x in clock_skews.split(",")) if clock_skews.strip() else ()
+    except ValueError:
+        raise FlsimError(f"--clock-skews must be comma-separated seconds, found {clock_skews!r}") from None
+    cfg = RunConfig(clients=clients, rounds=rounds, samples=samples, epochs=epochs, threads=threads, poll_s=poll,
+                    width=width, packing=packing, timeout_s=timeout, clock_skews_s=skews)
+    summary = _run(out, cfg, None if profile == "loopback" else load_profile(profile), mode, parquet)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:
@@ -86,13 +101,37 @@ def run(
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(help="One or more `flsim run` output directories; several "
                                                          "directories (e.g. one per profile) add a what-if plot.")],
-    out: Annotated[Path | None, typer.Option(help="Where to write PNGs (default: the first directory).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write PNGs and report.html (default: the first "
+                                                              "directory).")] = None,
 ) -> None:
-    """Render per-round stacked phases, a timeline, straggler attribution and a what-if comparison (PNG)."""
+    """Render per-round stacked phases, a timeline, straggler attribution and a what-if comparison (PNG + report.html)."""
     from flsim.report import render
 
     for path in render(run_dirs, out or run_dirs[0]):
         typer.echo(str(path))
+
+
+@app.command()
+def metrics(
+    run_dirs: Annotated[list[Path], typer.Argument(help="`flsim run` output directories; re-read at every scrape, "
+                                                         "so runs that finish later are picked up.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 9464,
+) -> None:
+    """Serve the runs' round and phase metrics at http://HOST:PORT/metrics for Prometheus to scrape."""
+    from flsim.metrics import serve
+
+    try:
+        server, _ = serve(run_dirs, host, port)
+    except OSError as err:
+        raise FlsimError(f"cannot listen on {host}:{port}: {err}") from None
+    progress.print(f"serving {len(run_dirs)} run directories at http://{host}:{server.server_port}/metrics "
+                   "(Ctrl-C stops)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.shutdown()
 
 
 @app.command()
@@ -116,34 +155,63 @@ def reproduce(
     out: Annotated[Path, typer.Option(help="Output directory: one run directory per profile plus reproduce.json.")],
     clients: Annotated[int, typer.Option(help="SuperNodes per run.")] = 2,
     rounds: Annotated[int, typer.Option(help="Rounds per profile.")] = 2,
-    samples: Annotated[int | None, typer.Option(help="Training samples per client; default: calibrated by a "
-                                                     "one-round 5G pass (see docs/flsim.md).")] = None,
+    samples: Annotated[int, typer.Option(help="Training samples per client.")] = 256,
+    epochs: Annotated[int | None, typer.Option(help="Local epochs per round; default: calibrated to the paper's "
+                                                    "5G uplink share by the first pass (see docs/flsim.md).")] = None,
+    calibrate_links: Annotated[bool, typer.Option(help="Fit the WiFi and 5G uplink rates to the paper's ratios "
+                                                       "in the first pass; off: the built-in profiles.")] = True,
+    packing: Packing = "flat",
     poll: Poll = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
 ) -> None:
     """Hayek et al.'s Ethernet/WiFi/5G comparison: 5G uplink share of a round, 5G/Ethernet and 5G/WiFi ratios."""
-    from flsim.reproduce import calibrate_samples, compare, link_only, rows
+    from flsim.reproduce import (
+        PASS1_EPOCHS,
+        calibrate_epochs,
+        calibrate_uplinks,
+        compare,
+        link_only,
+        rows,
+        uplink_stats,
+    )
     from netsim.fabric.namespaces import missing_capabilities
 
-    calibration = None
-    if samples is None:
-        pass1 = _run(out / "calibration", clients, 1, "5g-sa", 16, poll, 1.0, 900.0)
-        samples = calibrate_samples(pass1, 16)
-        calibration = {"pass1_samples": 16, "samples": samples}
+    names = ("ethernet", "wifi", "5g-sa")
+    profs = {n: BUILTIN[n] for n in names}
+    calibration: dict = {}
+    pass1 = {}
+    if epochs is None or calibrate_links:
+        for name in names:
+            progress.print(f"calibration pass: {name} ({PASS1_EPOCHS[name]} epochs)", style="dim")
+            first = RunConfig(clients=clients, rounds=2, samples=samples, epochs=PASS1_EPOCHS[name], poll_s=poll,
+                              packing=packing, timeout_s=900.0)
+            pass1[name] = _run(out / "calibration" / name, first, profs[name])
+    if epochs is None:  # 5G's uplink to come: the calibrated one, estimated from pass 1's Ethernet
+        uplink_5g = calibrate_uplinks(pass1, profs)[1]["target_uplink_s"]["5g-sa"] if calibrate_links else None
+        epochs, calibration["compute"] = calibrate_epochs(pass1, PASS1_EPOCHS, uplink_s=uplink_5g)
+        calibration["compute"]["epochs"] = epochs
+    final = RunConfig(clients=clients, rounds=rounds, samples=samples, epochs=epochs, poll_s=poll, packing=packing,
+                      timeout_s=1800.0)
     summaries = {}
-    for name in ("ethernet", "wifi", "5g-sa"):
-        console.print(f"running {name} ({clients} clients, {rounds} rounds, {samples} samples)", style="dim")
-        summaries[name] = _run(out / name, clients, rounds, name, samples, poll, 1.0, 1800.0)
+    for name in names:  # Ethernet first: its measured uplink is the reference the other links are fitted to
+        if name != "ethernet" and calibrate_links and "links" not in calibration:
+            reference = uplink_stats(summaries["ethernet"])["uplink_transport_s"]
+            profs, calibration["links"] = calibrate_uplinks(pass1, profs, ethernet_uplink_s=reference)
+        p = profs[name]
+        progress.print(f"running {name} (up {p.up_mbit:g} Mbit/s; {clients} clients, {rounds} rounds, "
+                      f"{samples} samples x {epochs} epochs)", style="dim")
+        summaries[name] = _run(out / name, final, p)
     table = compare(summaries)
-    table.update(calibration=calibration, clients=clients, rounds=rounds, samples=samples)
+    table.update(calibration=calibration, clients=clients, rounds=rounds, samples=samples, epochs=epochs,
+                 packing=packing, link_profiles={n: p.to_dict() for n, p in profs.items()})
     if missing_capabilities() is None:
         from flsim.model import SqueezeNetCifar, parameter_bytes
 
-        table["link_only"] = link_only(["ethernet", "wifi", "5g-sa"], parameter_bytes(SqueezeNetCifar()))
+        table["link_only"] = link_only(profs, parameter_bytes(SqueezeNetCifar()))
     (out / "reproduce.json").write_text(json.dumps(table, indent=2))
     from flsim.report import render
 
-    render([out / n for n in ("ethernet", "wifi", "5g-sa")], out)
+    render([out / n for n in names], out)
     if as_json:
         typer.echo(json.dumps(table, indent=2))
         return

@@ -54,6 +54,45 @@ class SqueezeNetCifar(nn.Module):
         return self.classifier(self.features(x))
 
 
+PACKINGS = ("tensors", "flat")
+
+
+def transport_state(model: nn.Module, packing: str = "tensors") -> dict[str, torch.Tensor]:
+    """The model's state as one FedAvg message carries it.
+
+    ``tensors``: one entry per state-dict tensor (Flower sends each as its own object, one HTTP request
+    apiece). ``flat``: one float32 vector ``flat`` holding every tensor in state-dict order (one object),
+    as a single serialized blob travelled in older Flower releases.
+    """
+    state = model.state_dict()
+    if packing == "tensors":
+        return dict(state)
+    if packing != "flat":
+        raise ValueError(f"packing must be one of {PACKINGS}, found {packing!r}")
+    odd = sorted(k for k, t in state.items() if t.dtype != torch.float32)
+    if odd:
+        raise ValueError(f"flat packing needs float32 tensors only; {odd} are not")
+    return {"flat": torch.cat([t.detach().reshape(-1) for t in state.values()])}
+
+
+def load_transport_state(model: nn.Module, received: dict[str, torch.Tensor], packing: str = "tensors") -> None:
+    """Load what :func:`transport_state` produced (possibly averaged) into ``model``."""
+    if packing == "tensors":
+        model.load_state_dict(received)
+        return
+    if packing != "flat":
+        raise ValueError(f"packing must be one of {PACKINGS}, found {packing!r}")
+    if set(received) != {"flat"}:
+        raise ValueError(f"flat packing expects one entry 'flat', found {sorted(received)}")
+    state, flat = model.state_dict(), received["flat"]
+    total = sum(t.numel() for t in state.values())
+    if flat.numel() != total:
+        raise ValueError(f"flat vector has {flat.numel()} values, the model needs {total}")
+    sizes = [t.numel() for t in state.values()]
+    parts = torch.split(flat.reshape(-1), sizes)
+    model.load_state_dict({k: p.reshape(t.shape) for (k, t), p in zip(state.items(), parts, strict=True)})
+
+
 def parameter_bytes(model: nn.Module) -> int:
     """Bytes of the model's state dict (what one FedAvg message carries)."""
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())

@@ -16,9 +16,10 @@ import contextvars
 import json
 import logging
 import os
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,25 @@ from flsim.errors import RecordError
 logger = logging.getLogger(__name__)
 
 Event = dict[str, Any]
+
+HOST_ENV, SKEW_ENV = "FLSIM_HOST", "FLSIM_CLOCK_SKEW_S"
+
+
+def process_host() -> tuple[str, Callable[[], float]]:
+    """This process's host label and event clock.
+
+    The hostname and ``time.time``, unless ``FLSIM_HOST`` / ``FLSIM_CLOCK_SKEW_S`` (seconds added to the
+    wall clock) say otherwise: they make a node and its client apps look like a separate host whose
+    clock is off, so that clock-offset estimation runs end to end on one machine.
+    """
+    host = os.environ.get(HOST_ENV) or socket.gethostname()
+    raw = os.environ.get(SKEW_ENV, "")
+    try:
+        skew = float(raw) if raw else 0.0
+    except ValueError:
+        raise RecordError(f"{SKEW_ENV} must be a number of seconds, found {raw!r}") from None
+    return host, (time.time if skew == 0.0 else lambda: time.time() + skew)
+
 
 
 class RoundRecorder:

@@ -4,11 +4,15 @@
 * ``timeline.png`` - per client, a bar per phase on the round's time axis (first directory, last round);
 * ``stragglers.png`` - per round and client, time from the first reply to this client's reply, split
   into the phases where this client was slower than the fastest one;
-* ``whatif.png`` - one stacked bar per directory (profile): mean round time by phase.
+* ``whatif.png`` - one stacked bar per directory (profile): mean round time by phase;
+* ``report.html`` - one self-contained page: the four figures inline and their numbers as tables
+  (mean phase seconds per round, straggler per round, the what-if means per profile).
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -54,7 +58,7 @@ def _label(run_dir: Path) -> str:
 
 
 def render(run_dirs: list[Path], out: Path) -> list[Path]:
-    """Render the figures for ``run_dirs`` into ``out``; returns the files written."""
+    """Render the figures and ``report.html`` for ``run_dirs`` into ``out``; returns the files written."""
     if not run_dirs:
         raise RecordError("flsim report needs at least one run directory")
     out.mkdir(parents=True, exist_ok=True)
@@ -122,4 +126,35 @@ def render(run_dirs: list[Path], out: Path) -> list[Path]:
     fig.savefig(out / "whatif.png", dpi=120)
     written.append(out / "whatif.png")
     plt.close(fig)
+
+    stragglers = {label: sum(v.values()) for label, v in zip(labels, attr, strict=True)}
+    page = _html(name, means, stragglers, dict(zip([n for n, _ in runs], avg, strict=True)), written)
+    (out / "report.html").write_text(page)
+    written.append(out / "report.html")
     return written
+
+
+def _table(title: str, rows: dict[str, dict[str, float]]) -> str:
+    """Phases as columns (those that are ever non-zero), one row per key, and a total."""
+    shown = [p for p in PHASES if any(r.get(p, 0.0) for r in rows.values())]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["", *shown, "total"])
+    body = "".join(
+        f"<tr><th>{html.escape(k)}</th>" + "".join(f"<td>{r.get(c, 0.0):.3f}</td>" for c in shown)
+        + f"<td><b>{sum(r.values()):.3f}</b></td></tr>" for k, r in rows.items())
+    return f"<h2>{html.escape(title)}</h2><table><tr>{head}</tr>{body}</table>"
+
+
+def _html(name: str, means: dict[int, dict[str, float]], stragglers: dict[str, float],
+          whatif: dict[str, dict[str, float]], figures: list[Path]) -> str:
+    imgs = "".join(f'<figure><img alt="{html.escape(f.stem)}" src="data:image/png;base64,'
+                   f'{base64.b64encode(f.read_bytes()).decode()}"></figure>' for f in figures)
+    excess = "".join(f"<tr><th>{html.escape(k)}</th><td>{v:.3f}</td></tr>" for k, v in stragglers.items())
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>flsim report: {html.escape(name)}</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
+            "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}</style></head><body>"
+            f"<h1>flsim report: {html.escape(name)}</h1><p>Seconds; means over clients.</p>"
+            + _table(f"{name}: mean phase seconds per round", {f"round {r}": m for r, m in means.items()})
+            + "<h2>straggler attribution (train stage): seconds in excess of the fastest client</h2>"
+            + f"<table><tr><th></th><th>excess</th></tr>{excess}</table>"
+            + _table("what-if: mean round seconds by phase, per profile", whatif)
+            + imgs + "</body></html>")

@@ -27,7 +27,7 @@ from pathlib import Path
 from flsim.errors import RunError
 from flsim.links import LinkProfile
 from flsim.phases import RoundTimeline, assemble, clock_offsets
-from flsim.recorder import read_events
+from flsim.recorder import HOST_ENV, SKEW_ENV, read_events
 from netsim.fabric.access import AccessLink
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunConfig:
-    """What one deployment run does. ``poll_s`` = None keeps Flower's 3 s polls on both sides."""
+    """What one deployment run does. ``poll_s`` = None keeps Flower's 3 s polls on both sides.
+
+    ``clock_skews_s`` (one per client, deployment mode) runs SuperNode ``i`` and its client apps as an
+    emulated host ``emulated-node<i>`` whose clock is off by the skew (see :func:`flsim.recorder.process_host`).
+    """
 
     clients: int = 2
     rounds: int = 1
@@ -43,9 +47,24 @@ class RunConfig:
     epochs: int = 1
     batch_size: int = 32
     width: float = 1.0
+    packing: str = "tensors"
+    threads: int = 1
     lr: float = 0.01
     poll_s: float | None = None
     timeout_s: float = 600.0
+    clock_skews_s: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        from flsim.model import PACKINGS
+
+        if self.packing not in PACKINGS:
+            raise RunError(f"packing must be one of {PACKINGS}, found {self.packing!r}")
+        if self.clock_skews_s and len(self.clock_skews_s) != self.clients:
+            raise RunError(f"clock_skews_s needs one skew per client ({self.clients}), "
+                           f"found {len(self.clock_skews_s)}")
+        if self.threads < 1 or self.epochs < 1 or self.samples < 1:
+            raise RunError(f"threads, epochs and samples must be >= 1, found {self.threads}, {self.epochs}, "
+                           f"{self.samples}")
 
 
 @dataclass
@@ -112,7 +131,7 @@ def write_app(app_dir: Path, cfg: RunConfig, events: Path) -> None:
     app_dir.mkdir(parents=True, exist_ok=True)
     values = {"num-server-rounds": cfg.rounds, "min-nodes": cfg.clients, "samples": cfg.samples,
               "epochs": cfg.epochs, "batch-size": cfg.batch_size, "width": cfg.width, "lr": cfg.lr,
-              "flsim-events": str(events / "server.jsonl"),
+              "packing": cfg.packing, "threads": cfg.threads, "flsim-events": str(events / "server.jsonl"),
               "flsim-poll": 3.0 if cfg.poll_s is None else cfg.poll_s, "timeout": cfg.timeout_s}
     body = "\n".join(f"{k} = {_toml_value(v)}" for k, v in values.items())
     (app_dir / "pyproject.toml").write_text(APP_PYPROJECT.format(config=body))
@@ -220,7 +239,10 @@ def run_deployment(out: Path, cfg: RunConfig, profile: LinkProfile | None, name:
                 cmd += ["--flsim-poll", str(cfg.poll_s)]
             cmd += ["--", "--insecure", "--superlink", target, "--port", str(9094 if link else free_port()),
                     "--node-config", f'partition-id={i} flsim-client="client{i}"']
-            procs.start(f"supernode{i}", (link.exec_prefix() if link else []) + cmd, env)
+            node_env = env
+            if cfg.clock_skews_s:  # node i and its client apps act as host "emulated-node<i>", clock off by skew
+                node_env = dict(env, **{HOST_ENV: f"emulated-node{i}", SKEW_ENV: repr(cfg.clock_skews_s[i])})
+            procs.start(f"supernode{i}", (link.exec_prefix() if link else []) + cmd, node_env)
         procs.check_alive()
         flwr = subprocess.run(["flwr", "run", str(app_dir), "flsim", "--stream"], env=env, cwd=app_dir,
                               stdout=open(logs / "flwr_run.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
@@ -244,13 +266,15 @@ def run_deployment(out: Path, cfg: RunConfig, profile: LinkProfile | None, name:
 
 def run_simulation_mode(out: Path, cfg: RunConfig, profile: LinkProfile | None) -> RunOutcome:
     """Run FedAvg in Flower's simulation runtime in a child process (links modelled, not emulated)."""
+    if cfg.clock_skews_s:
+        raise RunError("clock skews emulate separate hosts, which needs deployment mode")
     out = Path(out)
     events, logs = out / "events", out / "logs"
     for d in (events, logs):
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
     settings = {"samples": cfg.samples, "epochs": cfg.epochs, "batch-size": cfg.batch_size, "width": cfg.width,
-                "lr": cfg.lr, "timeout": cfg.timeout_s}
+                "packing": cfg.packing, "threads": cfg.threads, "lr": cfg.lr, "timeout": cfg.timeout_s}
     if cfg.poll_s is not None:
         settings["flsim-poll"] = cfg.poll_s
     cmd = [sys.executable, "-m", "integrations.flower.simulation", "--out", str(out), "--clients",

@@ -58,13 +58,24 @@ def overhead(run_dir: Path | None, clients: int) -> dict:
     plain = timed(lambda: handler(msg, ctx))
     modded = timed(lambda: flsim_client_mod(msg, ctx, handler))
     count = timed(lambda: message_bytes(msg))
+    # the node's check that a reply's objects are all in its store before send_start (one per reply)
+    from flwr.supercore.inflatable.inflatable_object import (
+        get_all_nested_objects,
+        get_object_tree,
+        iterate_object_tree,
+    )
+
+    reply = handler(msg, ctx)
+    tree, store = get_object_tree(reply), {k: b"x" for k in get_all_nested_objects(reply)}
+    ready_check = timed(lambda: any(store.get(t.object_id) == b"" for t in iterate_object_tree(tree)))
     # per round: server marks (round_start, 2x stage_start, 2x aggregate_start/end, round_end = 8) plus per
     # client and stage 3 server + 4 client marks and 2 byte counts (push, reply); node: 4 marks
     server_marks = 8 + clients * 2 * (3 + 4)
     per_round_server = server_marks * mark_s + clients * 2 * 2 * count
-    per_round_client = 2 * max(modded - plain, 0.0) + 2 * 4 * mark_s  # mod per stage + node marks
+    per_round_client = 2 * (max(modded - plain, 0.0) + ready_check) + 2 * 4 * mark_s  # per stage + node marks
     out = {"mark_us": mark_s * 1e6, "client_mod_extra_ms": (modded - plain) * 1e3,
-           "message_bytes_count_ms": count * 1e3, "per_round_server_ms": per_round_server * 1e3,
+           "message_bytes_count_ms": count * 1e3, "reply_ready_check_ms": ready_check * 1e3,
+           "per_round_server_ms": per_round_server * 1e3,
            "per_round_client_ms": per_round_client * 1e3, "clients": clients}
     if run_dir is not None:
         summary = json.loads((run_dir / "summary.json").read_text())

@@ -13,17 +13,16 @@ Application code adds the inner boundaries with :func:`flsim.recorder.mark_clien
 from __future__ import annotations
 
 import logging
-import socket
 
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
-from flsim.recorder import RoundRecorder, client_recording
+from flsim.recorder import RoundRecorder, client_recording, process_host
 
 logger = logging.getLogger(__name__)
 
 RECORD_KEY = "flsim"
-_HOST = socket.gethostname()
+_HOST, _CLOCK = process_host()
 
 
 def message_bytes(msg: Message) -> int:
@@ -39,7 +38,7 @@ def flsim_client_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) 
     """
     pid = ctxt.node_config.get("partition-id")
     label = str(ctxt.node_config.get("flsim-client") or (f"client{pid}" if pid is not None else ctxt.node_id))
-    rec = RoundRecorder("client")
+    rec = RoundRecorder("client", clock=_CLOCK)
     enter = rec.mark("app_enter")["t"]
     with client_recording(rec):
         reply = call_next(msg, ctxt)

@@ -10,6 +10,12 @@ send, push_object) are wrapped, and the node records
 * ``send_start`` when the reply starts going out, ``send_end`` when its last object is pushed
   (``bytes`` = object payload sent).
 
+Flower's push loop picks a reply up as soon as the ClientApp has stored the message, before the app has
+pushed the message's objects to the node, and then sleeps in 0.5 s steps until each object's content is
+there. That wait belongs to the hand-off from app to node, not to the uplink: the wrapped ``send`` first
+waits (in the same 0.5 s steps, or ``--flsim-poll`` if shorter) until every object of the reply is in the
+node's store, then marks ``send_start``.
+
 ``--flsim-poll`` changes the node's idle sleep between polls (Flower's is 3 s); leave it unset to measure
 Flower as it ships.
 """
@@ -17,20 +23,22 @@ Flower as it ships.
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import time
 from typing import Any
 
-from flsim.recorder import RoundRecorder
+from flsim.recorder import RoundRecorder, process_host
 
 FLOWER_NODE_POLL_S = 3.0
+FLOWER_OBJECT_WAIT_S = 0.5  # _push_messages' sleep while a reply object's content is not yet stored
 
 
 def install(recorder: RoundRecorder, poll_interval: float | None = None) -> None:
     """Patch flwr's SuperNode loop in this process (call before ``flower_supernode()``)."""
     from flwr.supernode import start_client_internal as sci
 
+    real_sleep = time.sleep
+    object_wait = min(FLOWER_OBJECT_WAIT_S, poll_interval or FLOWER_OBJECT_WAIT_S)
     orig_pull, orig_push = sci._pull_and_store_message, sci._push_messages
 
     def pull_and_store(**kw: Any) -> Any:
@@ -38,7 +46,7 @@ def install(recorder: RoundRecorder, poll_interval: float | None = None) -> None
         receive, pull_object, confirm = kw["receive"], kw["pull_object"], kw["confirm_message_received"]
 
         def receive_timed() -> Any:
-            t0 = time.time()
+            t0 = recorder.clock()
             got = receive()
             if got is not None:
                 box.update(t0=t0, msg=got[0].metadata.message_id, bytes=0)
@@ -58,8 +66,13 @@ def install(recorder: RoundRecorder, poll_interval: float | None = None) -> None
         return orig_pull(**kw)
 
     def push(**kw: Any) -> Any:
-        send, push_object = kw["send"], kw["push_object"]
+        send, push_object, store = kw["send"], kw["push_object"], kw["object_store"]
         current: dict[str, Any] = {}
+
+        def wait_for_objects(object_tree: Any) -> None:
+            ids = [tree.object_id for tree in sci.iterate_object_tree(object_tree)]
+            while any(store.get(i) == b"" for i in ids):
+                real_sleep(object_wait)
 
         def close_current() -> None:
             if current:
@@ -68,6 +81,7 @@ def install(recorder: RoundRecorder, poll_interval: float | None = None) -> None
 
         def send_timed(message: Any, object_tree: Any, runtime: float) -> Any:
             close_current()
+            wait_for_objects(object_tree)
             current.update(msg=message.metadata.reply_to_message_id, bytes=0)
             recorder.mark("send_start", msg=current["msg"])
             return send(message, object_tree, runtime)
@@ -85,8 +99,6 @@ def install(recorder: RoundRecorder, poll_interval: float | None = None) -> None
 
     sci._pull_and_store_message, sci._push_messages = pull_and_store, push
     if poll_interval is not None:
-        real_sleep = time.sleep
-
         class _Clock:  # the loop's ``time`` module, with its idle sleep shortened
             def __getattr__(self, name: str) -> Any:
                 return getattr(time, name)
@@ -106,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flsim-events", required=True, help="JSON-lines file for this node's events")
     parser.add_argument("--flsim-poll", type=float, default=None, help="idle poll interval in s (Flower: 3)")
     args = parser.parse_args(argv[:split])
-    recorder = RoundRecorder("node", args.flsim_events, host=socket.gethostname())
+    host, clock = process_host()
+    recorder = RoundRecorder("node", args.flsim_events, clock=clock, host=host)
     install(recorder, args.flsim_poll)
     from flwr.supernode.cli import flower_supernode
 

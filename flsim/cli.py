@@ -167,6 +167,7 @@ def reproduce(
     """Hayek et al.'s Ethernet/WiFi/5G comparison: 5G uplink share of a round, 5G/Ethernet and 5G/WiFi ratios."""
     from flsim.reproduce import (
         PASS1_EPOCHS,
+        PROFILES,
         calibrate_epochs,
         calibrate_uplinks,
         compare,
@@ -176,12 +177,11 @@ def reproduce(
     )
     from netsim.fabric.namespaces import missing_capabilities
 
-    names = ("ethernet", "wifi", "5g-sa")
-    profs = {n: BUILTIN[n] for n in names}
+    profs = {n: BUILTIN[n] for n in PROFILES}
     calibration: dict = {}
     pass1 = {}
     if epochs is None or calibrate_links:
-        for name in names:
+        for name in PROFILES:
             progress.print(f"calibration pass: {name} ({PASS1_EPOCHS[name]} epochs)", style="dim")
             first = RunConfig(clients=clients, rounds=2, samples=samples, epochs=PASS1_EPOCHS[name], poll_s=poll,
                               packing=packing, timeout_s=900.0)
@@ -193,7 +193,7 @@ def reproduce(
     final = RunConfig(clients=clients, rounds=rounds, samples=samples, epochs=epochs, poll_s=poll, packing=packing,
                       timeout_s=1800.0)
     summaries = {}
-    for name in names:  # Ethernet first: its measured uplink is the reference the other links are fitted to
+    for name in PROFILES:  # Ethernet first: its measured uplink is the reference the other links are fitted to
         if name != "ethernet" and calibrate_links and "links" not in calibration:
             reference = uplink_stats(summaries["ethernet"])["uplink_transport_s"]
             profs, calibration["links"] = calibrate_uplinks(pass1, profs, ethernet_uplink_s=reference)
@@ -211,7 +211,7 @@ def reproduce(
     (out / "reproduce.json").write_text(json.dumps(table, indent=2))
     from flsim.report import render
 
-    render([out / n for n in names], out)
+    render([out / n for n in PROFILES], out)
     if as_json:
         typer.echo(json.dumps(table, indent=2))
         return

@@ -57,6 +57,12 @@ class SqueezeNetCifar(nn.Module):
 PACKINGS = ("tensors", "flat")
 
 
+def check_packing(packing: str) -> None:
+    """Raise ValueError unless ``packing`` is one of :data:`PACKINGS`."""
+    if packing not in PACKINGS:
+        raise ValueError(f"packing must be one of {PACKINGS}, found {packing!r}")
+
+
 def transport_state(model: nn.Module, packing: str = "tensors") -> dict[str, torch.Tensor]:
     """The model's state as one FedAvg message carries it.
 
@@ -64,11 +70,10 @@ def transport_state(model: nn.Module, packing: str = "tensors") -> dict[str, tor
     apiece). ``flat``: one float32 vector ``flat`` holding every tensor in state-dict order (one object),
     as a single serialized blob travelled in older Flower releases.
     """
+    check_packing(packing)
     state = model.state_dict()
     if packing == "tensors":
         return dict(state)
-    if packing != "flat":
-        raise ValueError(f"packing must be one of {PACKINGS}, found {packing!r}")
     odd = sorted(k for k, t in state.items() if t.dtype != torch.float32)
     if odd:
         raise ValueError(f"flat packing needs float32 tensors only; {odd} are not")
@@ -77,18 +82,16 @@ def transport_state(model: nn.Module, packing: str = "tensors") -> dict[str, tor
 
 def load_transport_state(model: nn.Module, received: dict[str, torch.Tensor], packing: str = "tensors") -> None:
     """Load what :func:`transport_state` produced (possibly averaged) into ``model``."""
+    check_packing(packing)
     if packing == "tensors":
         model.load_state_dict(received)
         return
-    if packing != "flat":
-        raise ValueError(f"packing must be one of {PACKINGS}, found {packing!r}")
     if set(received) != {"flat"}:
         raise ValueError(f"flat packing expects one entry 'flat', found {sorted(received)}")
     state, flat = model.state_dict(), received["flat"]
-    total = sum(t.numel() for t in state.values())
-    if flat.numel() != total:
-        raise ValueError(f"flat vector has {flat.numel()} values, the model needs {total}")
     sizes = [t.numel() for t in state.values()]
+    if flat.numel() != sum(sizes):
+        raise ValueError(f"flat vector has {flat.numel()} values, the model needs {sum(sizes)}")
     parts = torch.split(flat.reshape(-1), sizes)
     model.load_state_dict({k: p.reshape(t.shape) for (k, t), p in zip(state.items(), parts, strict=True)})
 

@@ -50,7 +50,6 @@ def process_host() -> tuple[str, Callable[[], float]]:
     return host, (time.time if skew == 0.0 else lambda: time.time() + skew)
 
 
-
 class RoundRecorder:
     """Collects events in memory and, when ``path`` is given, appends each one to a JSON-lines file.
 

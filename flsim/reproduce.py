@@ -3,7 +3,7 @@
 Targets from the paper: the 5G uplink is ~23 % of an average round; the 5G uplink takes 33.3x as long
 as Ethernet's and 17.8x as long as WiFi's.
 
-Calibration (documented in docs/flsim.md), from a first pass of one round per built-in profile:
+Calibration (documented in docs/flsim.md), from a first pass of two rounds per built-in profile:
 
 * Links: a measured uplink time is the link's serialization time ``B / r`` plus a fixed rest
   ``F = U - B / r`` that Flower adds on this machine whatever the rate (its HTTP requests, hashing and
@@ -20,7 +20,7 @@ Calibration (documented in docs/flsim.md), from a first pass of one round per bu
   underestimated long training by 10-20 % on this machine).
 
 The final runs measure every figure afresh (with their own noise, stragglers and polling); the
-calibration only sets rates and the training-set size.
+calibration only sets two uplink rates and the local epochs.
 
 A third, **link-only** figure sends the model's bytes once over each profile's emulated link with a plain
 TCP probe (no Flower): it isolates what the links contribute from what Flower's transport adds.
@@ -41,6 +41,7 @@ from typing import Any
 from flsim.errors import FlsimError
 from flsim.links import TCP_PAYLOAD_SHARE, LinkProfile
 
+PROFILES = ("ethernet", "wifi", "5g-sa")  # the paper's three access links, Ethernet first (the reference)
 TARGET_SHARE = 0.23
 TARGET_RATIO_ETHERNET = 33.3
 TARGET_RATIO_WIFI = 17.8
@@ -97,11 +98,11 @@ def calibrate_uplinks(pass1: Mapping[str, Mapping[str, Any]], profiles: Mapping[
     (the final Ethernet run's, so that its noise does not enter the ratios twice). Returns the calibrated
     profiles and what the fit saw and predicts.
     """
-    missing = {"ethernet", "wifi", "5g-sa"} - (set(pass1) & set(profiles))
+    missing = set(PROFILES) - (set(pass1) & set(profiles))
     if missing:
         raise FlsimError(f"uplink calibration needs runs and profiles for {sorted(missing)}")
     seen: dict[str, dict[str, float]] = {}
-    for name in ("ethernet", "wifi", "5g-sa"):
+    for name in PROFILES:
         rounds = _rounds(pass1[name])
         uplink = statistics.mean(r["mean_phase_seconds"]["uplink"] for r in rounds)
         per_client = statistics.mean(r["bytes"]["uplink"] / max(1, len(r["clients"])) for r in rounds)
@@ -119,7 +120,7 @@ def calibrate_uplinks(pass1: Mapping[str, Mapping[str, Any]], profiles: Mapping[
                              f"already exceeds the target uplink {target:.3f} s")
         out[name] = replace(profiles[name], up_mbit=round(seen[name]["ip_bits"] / room / 1e6, 4))
     info = {"pass1": seen, "ethernet_reference_s": reference, "target_uplink_s": targets,
-            "up_mbit": {n: out[n].up_mbit for n in ("ethernet", "wifi", "5g-sa")}}
+            "up_mbit": {n: out[n].up_mbit for n in PROFILES}}
     return out, info
 
 
@@ -135,7 +136,7 @@ def uplink_stats(summary: Mapping[str, Any]) -> dict[str, float]:
 
 def compare(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The paper's table from three run summaries keyed ``ethernet``, ``wifi``, ``5g-sa``."""
-    missing = {"ethernet", "wifi", "5g-sa"} - set(summaries)
+    missing = set(PROFILES) - set(summaries)
     if missing:
         raise FlsimError(f"the comparison needs runs for {sorted(missing)}")
     stats = {k: uplink_stats(v) for k, v in summaries.items()}
@@ -161,7 +162,7 @@ def link_only(profiles: Mapping[str, LinkProfile], nbytes: int) -> dict[str, Any
         with AccessLink(f"{tag}{i}", 200 + i, profile.spec(), net=net) as link:
             seconds[name] = measure(link.exec_prefix(), link.server_ip, "up", nbytes)["seconds"]
     out: dict[str, Any] = {"uplink_s": seconds, "bytes": nbytes}
-    if {"5g-sa", "ethernet", "wifi"} <= set(seconds):
+    if set(PROFILES) <= set(seconds):
         out.update({"5g_over_ethernet": seconds["5g-sa"] / seconds["ethernet"],
                     "5g_over_wifi": seconds["5g-sa"] / seconds["wifi"]})
     return out

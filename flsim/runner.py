@@ -55,10 +55,12 @@ class RunConfig:
     clock_skews_s: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        from flsim.model import PACKINGS
+        from flsim.model import check_packing
 
-        if self.packing not in PACKINGS:
-            raise RunError(f"packing must be one of {PACKINGS}, found {self.packing!r}")
+        try:
+            check_packing(self.packing)
+        except ValueError as err:
+            raise RunError(str(err)) from None
         if self.clock_skews_s and len(self.clock_skews_s) != self.clients:
             raise RunError(f"clock_skews_s needs one skew per client ({self.clients}), "
                            f"found {len(self.clock_skews_s)}")

@@ -59,15 +59,13 @@ def overhead(run_dir: Path | None, clients: int) -> dict:
     modded = timed(lambda: flsim_client_mod(msg, ctx, handler))
     count = timed(lambda: message_bytes(msg))
     # the node's check that a reply's objects are all in its store before send_start (one per reply)
-    from flwr.supercore.inflatable.inflatable_object import (
-        get_all_nested_objects,
-        get_object_tree,
-        iterate_object_tree,
-    )
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
+
+    from integrations.flower.supernode import reply_objects_stored
 
     reply = handler(msg, ctx)
     tree, store = get_object_tree(reply), {k: b"x" for k in get_all_nested_objects(reply)}
-    ready_check = timed(lambda: any(store.get(t.object_id) == b"" for t in iterate_object_tree(tree)))
+    ready_check = timed(lambda: reply_objects_stored(store, tree))
     # per round: server marks (round_start, 2x stage_start, 2x aggregate_start/end, round_end = 8) plus per
     # client and stage 3 server + 4 client marks and 2 byte counts (push, reply); node: 4 marks
     server_marks = 8 + clients * 2 * (3 + 4)

@@ -33,6 +33,17 @@ FLOWER_NODE_POLL_S = 3.0
 FLOWER_OBJECT_WAIT_S = 0.5  # _push_messages' sleep while a reply object's content is not yet stored
 
 
+def reply_objects_stored(store: Any, object_tree: Any) -> bool:
+    """Whether every object of ``object_tree`` has its content in the node's object ``store``.
+
+    Flower preregisters a reply's objects with empty content (``b""``) and fills them as the ClientApp
+    pushes them.
+    """
+    from flwr.supercore.inflatable.inflatable_object import iterate_object_tree
+
+    return not any(store.get(tree.object_id) == b"" for tree in iterate_object_tree(object_tree))
+
+
 def install(recorder: RoundRecorder, poll_interval: float | None = None) -> None:
     """Patch flwr's SuperNode loop in this process (call before ``flower_supernode()``)."""
     from flwr.supernode import start_client_internal as sci
@@ -70,8 +81,7 @@ def install(recorder: RoundRecorder, poll_interval: float | None = None) -> None
         current: dict[str, Any] = {}
 
         def wait_for_objects(object_tree: Any) -> None:
-            ids = [tree.object_id for tree in sci.iterate_object_tree(object_tree)]
-            while any(store.get(i) == b"" for i in ids):
+            while not reply_objects_stored(store, object_tree):
                 real_sleep(object_wait)
 
         def close_current() -> None:

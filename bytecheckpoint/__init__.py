@@ -10,15 +10,20 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .api import load, load_full, save, verify
+from .async_save import AsyncSave
 from .errors import (
+    AllocationError,
+    CheckpointChangedError,
     CheckpointError,
     CheckpointExistsError,
     ChecksumMismatchError,
+    CommitConflictError,
     CorruptCheckpointError,
     DistributedCheckpointError,
     DtypeMismatchError,
     IncompleteCheckpointError,
     MetadataError,
+    MissingDataFileError,
     MissingDependencyError,
     MissingKeyError,
     PlanError,
@@ -27,6 +32,7 @@ from .errors import (
     StorageError,
     TruncatedDataError,
     UnexpectedKeyError,
+    UnsafeFileError,
     UnsupportedValueError,
     UnsupportedVersionError,
 )
@@ -36,10 +42,14 @@ from .saver import SaveSummary
 from .shards import FlatShard, RankLocal, ShardedTensor
 
 __all__ = [
+    "AllocationError",
+    "AsyncSave",
+    "CheckpointChangedError",
     "CheckpointError",
     "CheckpointExistsError",
     "CheckpointManager",
     "ChecksumMismatchError",
+    "CommitConflictError",
     "CorruptCheckpointError",
     "DistributedCheckpointError",
     "DtypeMismatchError",
@@ -47,6 +57,7 @@ __all__ = [
     "IncompleteCheckpointError",
     "LoadSummary",
     "MetadataError",
+    "MissingDataFileError",
     "MissingDependencyError",
     "MissingKeyError",
     "PlanError",
@@ -58,6 +69,7 @@ __all__ = [
     "StorageError",
     "TruncatedDataError",
     "UnexpectedKeyError",
+    "UnsafeFileError",
     "UnsupportedValueError",
     "UnsupportedVersionError",
     "VerifyReport",

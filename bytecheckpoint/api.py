@@ -5,16 +5,19 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .async_save import AsyncSave
 from .frameworks import resolve_framework
 from .loader import LoadSummary, VerifyReport, load_full_state, run_load, verify_checkpoint
 from .options import LoadOptions, SaveOptions
-from .saver import SaveSummary, run_save
+from .saver import OnFinish, SaveSummary, run_save
 from .storage import Storage, resolve_storage
 
 CheckpointPath = str | os.PathLike[str] | Storage
 
 
-def save(ckpt_path: CheckpointPath, checkpoint_state: dict, framework: str | None = None, **options: Any) -> SaveSummary:
+def save(
+    ckpt_path: CheckpointPath, checkpoint_state: dict, framework: str | None = None, **options: Any
+) -> SaveSummary | AsyncSave:
     """Save ``checkpoint_state`` (a nested dict) to ``ckpt_path``; call it on every rank.
 
     ``framework`` ("ddp", "fsdp", "fsdp2") takes ``{"model": module, "optimizer": optim,
@@ -26,11 +29,25 @@ def save(ckpt_path: CheckpointPath, checkpoint_state: dict, framework: str | Non
     ranks' collectives), ``process_group``, ``allow_pickle``, ``storage_options`` (keyword
     arguments for the storage backend). The checkpoint becomes visible only
     when its metadata is committed, after every rank has written its data.
+
+    ``async_save=True`` returns an :class:`AsyncSave` as soon as this rank's share is copied to
+    host memory (the copies are done: tensors may be modified at once); writing and the commit
+    go on in the background, and ``handle.wait()`` returns the SaveSummary or raises the save's
+    error (the same on every rank). ``host_buffer_bytes`` caps the host memory of that copy. A
+    save or load started while an async save is in flight waits for it first.
     """
+    return start_save(ckpt_path, checkpoint_state, framework, options)
+
+
+def start_save(
+    ckpt_path: CheckpointPath, checkpoint_state: dict, framework: str | None, options: dict[str, Any],
+    on_finish: OnFinish | None = None,
+) -> SaveSummary | AsyncSave:
+    """``save`` with a hook that runs on every rank when the save is over (for CheckpointManager)."""
     adapter = resolve_framework(framework)
     opts = SaveOptions.from_kwargs("save", options)
     storage = resolve_storage(ckpt_path, fsync=opts.fsync, **opts.storage_options)
-    return run_save(storage, checkpoint_state, framework, opts, adapter)
+    return run_save(storage, checkpoint_state, framework, opts, adapter, on_finish)
 
 
 def load(

@@ -6,7 +6,9 @@ A 0-d tensor is the box with no dimensions (one element).
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -113,29 +115,121 @@ def flat_range_to_boxes(global_shape: Sequence[int], start: int, length: int) ->
     return out
 
 
+_PAIRWISE_MAX = 16  # up to this many boxes, compare pairs (and name the overlapping pair)
+_XOR_BUDGET = 1 << 22  # box visits the parity check may make before it gives up
+
+
 def check_tiling(global_shape: Sequence[int], boxes: Sequence[ShardBox]) -> str | None:
-    """Return None if the boxes tile the tensor exactly (no gap, no overlap), else why not."""
+    """Return None if the boxes tile the tensor exactly (no gap, no overlap), else why not.
+
+    Boxes that vary along one dimension only are sorted; a few boxes are compared pairwise; many
+    boxes in several dimensions go through a parity test (``_xor_is_whole``) that, with the element
+    count, is exact. Time is about linear in the number of boxes for the layouts writers produce.
+    """
     shape = tuple(global_shape)
-    for box in boxes:
-        if not box.fits_in(shape):
-            return f"box offsets={box.offsets} lengths={box.lengths} lies outside shape {shape}"
-    nonempty = sorted((b for b in boxes if b.numel > 0), key=lambda b: b.offsets)
-    covered = sum(b.numel for b in nonempty)
-    # Sweep along dim 0: only boxes whose dim-0 ranges overlap can overlap.
-    if shape:
-        active: list[ShardBox] = []
-        for box in nonempty:
-            active = [a for a in active if a.offsets[0] + a.lengths[0] > box.offsets[0]]
-            for other in active:
-                if intersect(other, box) is not None:
-                    return (
-                        f"boxes offsets={other.offsets} lengths={other.lengths} and "
-                        f"offsets={box.offsets} lengths={box.lengths} overlap"
-                    )
-            active.append(box)
-    elif len(nonempty) > 1:
-        return f"{len(nonempty)} different chunks claim the single element of a 0-d tensor"
+    if any(len(b.offsets) != len(shape) for b in boxes) or any(
+        max(map(operator.add, offs, lens)) > n
+        for offs, lens, n in zip(zip(*(b.offsets for b in boxes)), zip(*(b.lengths for b in boxes)), shape)
+    ):
+        box = next(b for b in boxes if not b.fits_in(shape))
+        return f"box offsets={box.offsets} lengths={box.lengths} lies outside shape {shape}"
+    sizes = [math.prod(b.lengths) for b in boxes]
+    nonempty = [b for b, size in zip(boxes, sizes) if size]
+    if not shape:
+        if len(nonempty) > 1:
+            return f"{len(nonempty)} different chunks claim the single element of a 0-d tensor"
+        return None if nonempty else "shards cover 0 of 1 elements"
+    covered = sum(sizes)
     expected = math.prod(shape)
+    columns = zip(zip(*(b.offsets for b in nonempty)), zip(*(b.lengths for b in nonempty)), shape)
+    partial = [d for d, (offs, lens, n) in enumerate(columns) if any(offs) or lens.count(n) != len(lens)]
+    problem = None
+    if len(partial) == 1:
+        problem = _overlap_along(nonempty, partial[0])
+    elif len(nonempty) <= _PAIRWISE_MAX:
+        problem = _overlap_pairwise(nonempty)
+    elif covered == expected:
+        problem = _xor_problem(shape, nonempty, partial)
+    if problem:
+        return problem
     if covered != expected:
         return f"shards cover {covered} of {expected} elements"
     return None
+
+
+def _overlap_message(a: ShardBox, b: ShardBox) -> str:
+    return f"boxes offsets={a.offsets} lengths={a.lengths} and offsets={b.offsets} lengths={b.lengths} overlap"
+
+
+def _overlap_along(boxes: list[ShardBox], dim: int) -> str | None:
+    """Boxes that differ only along ``dim``: sorted there, neighbours must not overlap."""
+    ordered = sorted(boxes, key=lambda b: b.offsets[dim])
+    for before, after in itertools.pairwise(ordered):
+        if before.offsets[dim] + before.lengths[dim] > after.offsets[dim]:
+            return _overlap_message(before, after)
+    return None
+
+
+def _overlap_pairwise(boxes: list[ShardBox]) -> str | None:
+    """Sweep along dim 0: only boxes whose dim-0 ranges overlap can overlap."""
+    active: list[ShardBox] = []
+    for box in sorted(boxes, key=lambda b: b.offsets):
+        active = [a for a in active if a.offsets[0] + a.lengths[0] > box.offsets[0]]
+        for other in active:
+            if intersect(other, box) is not None:
+                return _overlap_message(other, box)
+        active.append(box)
+    return None
+
+
+def _xor_problem(shape: tuple[int, ...], boxes: list[ShardBox], dims: list[int]) -> str | None:
+    """With as many elements in the boxes as in the tensor, the boxes tile it iff every element lies
+    in an odd number of them (then each lies in exactly one): their symmetric difference is the
+    whole tensor. Checked over the dimensions where some box is not full-length."""
+    rows = [tuple(x for d in dims for x in (b.offsets[d], b.offsets[d] + b.lengths[d])) for b in boxes]
+    budget = [_XOR_BUDGET]
+    try:
+        whole = _xor_is_whole(rows, tuple(shape[d] for d in dims), True, budget)
+    except _OverBudget:
+        return (
+            f"{len(boxes)} boxes varying in {len(dims)} dimensions are too many to check that they tile "
+            "the tensor"
+        )
+    if whole:
+        return None
+    return (
+        f"{len(boxes)} boxes overlap: they hold as many elements as the tensor, so some element lies in two "
+        "of them and another in none"
+    )
+
+
+class _OverBudget(Exception):
+    pass
+
+
+def _xor_is_whole(rows: list[tuple[int, ...]], shape: tuple[int, ...], whole: bool, budget: list[int]) -> bool:
+    """Whether the symmetric difference of the boxes ``rows`` (lo, hi per dimension) is the box
+    ``[0, shape)`` (``whole``) or empty. Boxes listed twice cancel; along the first dimension the
+    difference changes only at box edges, where the boxes starting or ending there must, one
+    dimension down, make up the change: the whole cross-section at 0 and at ``shape[0]``, nothing
+    elsewhere."""
+    budget[0] -= len(rows)
+    if budget[0] < 0:
+        raise _OverBudget
+    if not shape:
+        return (len(rows) % 2 == 1) == whole
+    counts: dict[tuple[int, ...], int] = {}
+    for row in rows:
+        counts[row] = counts.get(row, 0) ^ 1
+    edges: dict[int, list[tuple[int, ...]]] = {}
+    for row, odd in counts.items():
+        if odd:
+            edges.setdefault(row[0], []).append(row[2:])
+            edges.setdefault(row[1], []).append(row[2:])
+    if whole:
+        edges.setdefault(0, [])
+        edges.setdefault(shape[0], [])
+    inner = shape[1:]
+    return all(
+        _xor_is_whole(group, inner, whole and x in (0, shape[0]), budget) for x, group in edges.items()
+    )

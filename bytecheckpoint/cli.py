@@ -1,13 +1,20 @@
-"""The ``bytecheckpoint`` command line: inspect and verify checkpoints."""
+"""The ``bytecheckpoint`` command line: inspect and verify checkpoints.
+
+Failures (a CheckpointError or an OSError) print one ``error: <Type>: <message>`` on stderr and
+exit 1, without a traceback. Names from the checkpoint are printed as plain text: no rich markup,
+no control characters.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated
+import re
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .errors import CheckpointError
 from .loader import read_metadata, verify_checkpoint
@@ -25,7 +32,7 @@ def inspect(path: PathArg, as_json: JsonOpt = False) -> None:
     """List the tensors (dtype, global shape, chunks, bytes) and plain values of a checkpoint."""
     try:
         meta = read_metadata(resolve_storage(path))
-    except CheckpointError as exc:
+    except (CheckpointError, OSError) as exc:
         _fail(exc)
     rows = [
         {"name": t.fqn, "dtype": t.dtype, "shape": list(t.shape), "chunks": len(t.chunks),
@@ -38,11 +45,11 @@ def inspect(path: PathArg, as_json: JsonOpt = False) -> None:
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    table = Table(title=f"{path} (format v{meta.version}, written by {meta.writer.world_size} rank(s))")
+    table = Table(title=_plain(f"{path} (format v{meta.version}, written by {meta.writer.world_size} rank(s))"))
     for col in ("tensor", "dtype", "shape", "chunks", "MiB"):
         table.add_column(col, justify="left" if col == "tensor" else "right")
     for r in rows:
-        table.add_row(r["name"], r["dtype"], str(r["shape"]), str(r["chunks"]), f"{r['bytes'] / 2**20:.2f}")
+        table.add_row(_plain(r["name"]), r["dtype"], str(r["shape"]), str(r["chunks"]), f"{r['bytes'] / 2**20:.2f}")
     console.print(table)
     console.print(f"{len(rows)} tensors, {len(meta.values)} plain values, "
                   f"{meta.total_bytes / 2**20:.2f} MiB in {len(meta.data_files)} data file(s)")
@@ -53,7 +60,7 @@ def verify(path: PathArg, as_json: JsonOpt = False) -> None:
     """Check every stored byte against its checksum; exit 1 naming each damaged file and tensor."""
     try:
         report = verify_checkpoint(resolve_storage(path))
-    except CheckpointError as exc:
+    except (CheckpointError, OSError) as exc:
         _fail(exc)
     if as_json:
         print(json.dumps({"ok": True, "tensors": report.tensors, "chunks": report.chunks,
@@ -63,8 +70,17 @@ def verify(path: PathArg, as_json: JsonOpt = False) -> None:
                       f"{report.bytes_verified / 2**20:.2f} MiB verified")
 
 
-def _fail(exc: Exception) -> None:
-    Console(stderr=True).print(f"[red]error[/]: {type(exc).__name__}: {exc}", markup=False, highlight=False)
+_UNPRINTABLE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]|[\ud800-\udfff]")
+
+
+def _plain(text: str) -> Text:
+    """``text`` as literal terminal text: control characters and lone surrogates escaped, no markup."""
+    return Text(_UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text))
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    line = Text.assemble(("error", "red"), ": ", _plain(f"{type(exc).__name__}: {exc}"))
+    Console(stderr=True, highlight=False, soft_wrap=True).print(line)
     raise typer.Exit(1)
 
 

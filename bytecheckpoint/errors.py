@@ -31,6 +31,10 @@ class TruncatedDataError(CorruptCheckpointError):
     """A data file is shorter than the byte ranges the metadata points into."""
 
 
+class MissingDataFileError(TruncatedDataError):
+    """A data file the metadata points into does not exist (deleted, or the checkpoint was replaced)."""
+
+
 class StateMismatchError(CheckpointError):
     """The state passed to load does not match the checkpoint."""
 
@@ -81,6 +85,14 @@ class CheckpointExistsError(CheckpointError, FileExistsError):
     """Another save holds (or already committed) this checkpoint step."""
 
 
+class CheckpointChangedError(CheckpointError):
+    """The checkpoint was replaced or deleted by another process while it was being read."""
+
+
+class CommitConflictError(CheckpointError):
+    """Another save holds the commit of this checkpoint path and did not release it in time."""
+
+
 class DistributedCheckpointError(CheckpointError):
     """One or more ranks failed; raised on every rank, naming the failed ranks and their errors."""
 
@@ -90,3 +102,12 @@ class DistributedCheckpointError(CheckpointError):
         ranks = ", ".join(str(r) for r in self.failures)
         details = "\n".join(f"  rank {r}: {msg}" for r, msg in self.failures.items())
         super().__init__(f"{phase} failed on rank(s) {ranks}:\n{details}")
+
+
+class UnsafeFileError(CorruptCheckpointError):
+    """A checkpoint file is not a regular file inside the checkpoint (a symlink, FIFO, device or
+    directory); readers never follow or open such files."""
+
+
+class AllocationError(CheckpointError, MemoryError):
+    """Memory for a tensor of the checkpoint could not be allocated; names the tensor and its size."""

@@ -15,24 +15,30 @@ from typing import Any
 
 import torch
 
+from .async_save import wait_for_pending_save
 from .boxes import ShardBox
 from .checksums import hash_block
 from .collectives import Communicator
 from .dtypes import dtype_name, torch_dtype
 from .errors import (
+    CheckpointChangedError,
     ChecksumMismatchError,
     CorruptCheckpointError,
     DtypeMismatchError,
     IncompleteCheckpointError,
+    MetadataError,
+    MissingDataFileError,
     MissingKeyError,
     ShapeMismatchError,
     TruncatedDataError,
     UnexpectedKeyError,
+    UnsafeFileError,
 )
 from .frameworks import FrameworkAdapter, SavedCheckpoint
 from .metadata import METADATA_FILE, CheckpointMetadata, Path, TensorEntry, fqn_of
 from .options import LoadOptions
-from .reader import CopyItem, execute_copies, plan_copies
+from .reader import CopyItem, allocate, check_chunk_bytes, execute_copies, plan_copies
+from .shared_reads import SharePlan, chunk_needs, exchange_shared, plan_sharing
 from .state import TensorPiece, flatten_state
 from .storage import Storage
 from .values import decode_value
@@ -74,27 +80,86 @@ def _read_metadata_bytes(storage: Storage) -> bytes:
 def run_load(
     storage: Storage, state: dict, strict: bool, opts: LoadOptions, adapter: FrameworkAdapter | None = None
 ) -> LoadSummary:
+    """Load on every rank. If a data file is missing and the metadata has changed meanwhile (another
+    save replaced the checkpoint, or it was deleted), the load is retried once against the new
+    metadata, or fails with CheckpointChangedError; a file missing from an unchanged checkpoint is
+    MissingDataFileError (corruption)."""
+    wait_for_pending_save()
     comm = Communicator(opts.process_group, opts.timeout)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     raw = comm.from_coordinator("load metadata", lambda: _read_metadata_bytes(storage))
-    metadata = CheckpointMetadata.from_json(raw, storage.describe(METADATA_FILE))
     timings["metadata"] = time.perf_counter() - start
-
-    def load_step() -> int:
-        targets = adapter.load_targets(state, SavedCheckpoint(metadata, opts.allow_pickle)) if adapter else state
-        items, values = match_state(metadata, targets, strict, opts.allow_pickle)
-        nbytes = execute_copies(storage, items, metadata.block_size, opts.read_threads)
-        for path, value in values.items():
-            _assign(targets, path, value)
-        if adapter:
-            adapter.finish_load(state, targets)
-        return nbytes
-
     start = time.perf_counter()
-    read = comm.phase("load", load_step)
+    for attempt in range(2):
+        metadata = CheckpointMetadata.from_json(raw, storage.describe(METADATA_FILE))
+        work = _LoadWork(storage, state, strict, opts, adapter, metadata, comm)
+        try:
+            needs = comm.phase("load planning", work.plan)
+            share = plan_sharing(needs) if comm.distributed and opts.share_reads else SharePlan({})
+            read = comm.phase("load", lambda w=work, s=share: w.read(s))
+            break
+        except MissingDataFileError as exc:
+            now = comm.from_coordinator("load metadata (again)", lambda: _read_if_committed(storage))
+            if now == raw:
+                raise
+            what = "deleted" if now is None else "replaced by another save"
+            if now is None or attempt == 1:
+                raise CheckpointChangedError(
+                    f"{storage.url} was {what} while it was being loaded{' (twice)' if attempt else ''}; "
+                    f"nothing is damaged: load it again ({exc})"
+                ) from exc
+            log.warning("%s was replaced by another save while it was being loaded; loading the new one", storage.url)
+            raw = now
     timings["read"] = time.perf_counter() - start
     return LoadSummary(storage.url, comm.rank, comm.world_size, read[comm.rank], timings)
+
+
+class _LoadWork:
+    """One rank's part of a load: plan (match the state, say which saved chunks it needs), then
+    read its own chunks and take part in the exchange of the chunks several ranks need."""
+
+    def __init__(self, storage: Storage, state: dict, strict: bool, opts: LoadOptions,
+                 adapter: FrameworkAdapter | None, metadata: CheckpointMetadata, comm: Communicator) -> None:
+        self.storage, self.state, self.strict, self.opts = storage, state, strict, opts
+        self.adapter, self.metadata, self.comm = adapter, metadata, comm
+        self.targets: dict = {}
+        self.items: list[CopyItem] = []
+        self.values: dict[Path, Any] = {}
+
+    def plan(self) -> tuple:
+        saved = SavedCheckpoint(self.metadata, self.opts.allow_pickle)
+        self.targets = self.adapter.load_targets(self.state, saved) if self.adapter else self.state
+        self.items, self.values = match_state(self.metadata, self.targets, self.strict, self.opts.allow_pickle)
+        return chunk_needs(self.items) if self.comm.distributed else ()
+
+    def read(self, share: SharePlan) -> int:
+        own = [i for i in self.items if not share.is_shared(i)]
+        shared = [i for i in self.items if share.is_shared(i)]
+        nbytes, failure = 0, None
+        try:
+            nbytes = execute_copies(self.storage, own, self.metadata.block_size, self.opts.read_threads)
+        except Exception as exc:  # noqa: BLE001 - the exchange below must still run on every rank
+            failure = exc
+        if share.readers:
+            try:
+                nbytes += exchange_shared(self.comm, self.storage, share, shared, self.metadata.block_size)
+            except Exception as exc:  # noqa: BLE001 - this rank's first error is the one raised
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        for path, value in self.values.items():
+            _assign(self.targets, path, value)
+        if self.adapter:
+            self.adapter.finish_load(self.state, self.targets)
+        return nbytes
+
+
+def _read_if_committed(storage: Storage) -> bytes | None:
+    try:
+        return storage.read(METADATA_FILE)
+    except FileNotFoundError:
+        return None
 
 
 def match_state(
@@ -156,7 +221,8 @@ def _rank_local_paths(saved_values: dict[Path, Any], prefixes: list[Path]) -> di
 
 
 def _whole_tensor(entry: TensorEntry) -> tuple[torch.Tensor, list[TensorPiece]]:
-    tensor = torch.empty(entry.shape, dtype=torch_dtype(entry.dtype))
+    """A fresh tensor of the entry's shape (bounded by the metadata parser); AllocationError if it cannot be had."""
+    tensor = allocate(entry.shape, torch_dtype(entry.dtype), f"tensor {entry.fqn!r}")
     return tensor, [TensorPiece(ShardBox.whole(entry.shape), tensor)]
 
 
@@ -173,24 +239,35 @@ def _names(names: list[str]) -> str:
 
 
 def load_full_state(storage: Storage, allow_pickle: bool) -> dict:
-    """Every tensor whole and every plain value, nested as saved (one process, no process group)."""
+    """Every tensor whole and every plain value, nested as saved (one process, no process group).
+
+    Nothing is allocated before everything was checked: the metadata (the chunks tile each tensor,
+    sizes are bounded), the values, and the data files (each is a regular file holding every byte
+    range the metadata points into, and no two chunks share bytes), so the memory taken is at most
+    the size of the data files."""
     metadata = read_metadata(storage)
+    values = [(v.path, decode_value(v.encoded, v.fqn, allow_pickle)) for v in metadata.values]
+    check_chunk_bytes(storage, metadata.tensors)
     out: dict = {}
     items: list[CopyItem] = []
     for entry in metadata.tensors:
         whole, pieces = _whole_tensor(entry)
         items += plan_copies(entry, pieces)
         _insert(out, entry.path, whole)
-    for v in metadata.values:
-        _insert(out, v.path, decode_value(v.encoded, v.fqn, allow_pickle))
+    for path, value in values:
+        _insert(out, path, value)
     execute_copies(storage, items, metadata.block_size)
     return out
 
 
 def _insert(root: dict, path: Path, value: Any) -> None:
     node = root
-    for key in path[:-1]:
+    for i, key in enumerate(path[:-1]):
         node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise MetadataError(f"{fqn_of(path)!r} lies inside {fqn_of(path[: i + 1])!r}, which is not a dict")
+    if path[-1] in node:
+        raise MetadataError(f"{fqn_of(path)!r} is both a leaf and the parent of other entries")
     node[path[-1]] = value
 
 
@@ -211,7 +288,8 @@ def verify_checkpoint(storage: Storage) -> VerifyReport:
     """
     metadata = read_metadata(storage)
     problems: list[CorruptCheckpointError] = []
-    block = torch.empty(metadata.block_size, dtype=torch.uint8)
+    largest = max((c.location.length for t in metadata.tensors for c in t.chunks), default=0)
+    block = allocate(min(metadata.block_size, largest), torch.uint8, "a checksum block buffer")
     view = memoryview(block.numpy())
     nbytes = 0
     for entry in metadata.tensors:
@@ -224,7 +302,10 @@ def verify_checkpoint(storage: Storage) -> VerifyReport:
                 try:
                     got = storage.read_into(loc.file, loc.offset + start, view[:want])
                 except FileNotFoundError:
-                    problems.append(TruncatedDataError(f"{where}: data file is missing (tensor {entry.fqn!r})"))
+                    problems.append(MissingDataFileError(f"{where}: data file is missing (tensor {entry.fqn!r})"))
+                    break
+                except UnsafeFileError as exc:
+                    problems.append(UnsafeFileError(f"{exc} (tensor {entry.fqn!r})"))
                     break
                 nbytes += got
                 if got < want:
@@ -238,9 +319,8 @@ def verify_checkpoint(storage: Storage) -> VerifyReport:
                         f"{where}: checksum mismatch in tensor {entry.fqn!r} at bytes "
                         f"{loc.offset + start}-{loc.offset + start + want}"
                     ))
-    if problems:
-        kinds = {type(p) for p in problems}
-        cls = kinds.pop() if len(kinds) == 1 else CorruptCheckpointError
+    if problems:  # the most specific error class that all problems share
+        cls = next(c for c in type(problems[0]).__mro__ if all(isinstance(p, c) for p in problems))
         shown = "\n  ".join(str(p) for p in problems[:_LISTED])
         more = f"\n  ... and {len(problems) - _LISTED} more" if len(problems) > _LISTED else ""
         raise cls(f"{storage.url}: {len(problems)} damaged chunk(s):\n  {shown}{more}")

@@ -23,18 +23,16 @@ step (garbage), never a complete-looking one with missing data.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import socket
-import time
-import uuid
 from typing import Any
 
 from . import api
+from .async_save import AsyncSave, wait_for_pending_save
 from .collectives import DEFAULT_TIMEOUT_S, Communicator
-from .errors import CheckpointExistsError, IncompleteCheckpointError
+from .errors import CheckpointChangedError, CheckpointExistsError, IncompleteCheckpointError
+from .leases import Lease
 from .loader import LoadSummary
 from .metadata import METADATA_FILE
 from .saver import SaveSummary
@@ -127,21 +125,25 @@ class CheckpointManager:
 
     # -- save -----------------------------------------------------------------------------------
 
-    def save(self, step: int, state: dict, framework: str | None = None, **options: Any) -> SaveSummary:
+    def save(self, step: int, state: dict, framework: str | None = None, **options: Any) -> SaveSummary | AsyncSave:
         """Save ``state`` as ``step``; call it on every rank. Raises CheckpointExistsError (on every
-        rank) if the step is complete already or another live save holds it."""
+        rank) if the step is complete already or another live save holds it.
+
+        With ``async_save=True`` it returns an AsyncSave after the snapshot; retention and garbage
+        collection run after the background commit."""
+        wait_for_pending_save()
         options.setdefault("process_group", self.process_group)
         options.setdefault("timeout", self.timeout)
         comm = Communicator(options["process_group"], options["timeout"])
         target = self.checkpoint(step)
         comm.from_coordinator("checkpoint claim", lambda: self._claim(step, target))
-        try:
-            summary = api.save(target, state, framework=framework, **options)
-        except BaseException:
-            if comm.is_coordinator:
+
+        def finish(error: BaseException | None) -> None:
+            if not comm.is_coordinator:
+                return
+            if error is not None:
                 self._abandon(step, target)
-            raise
-        if comm.is_coordinator:
+                return
             try:
                 # committed: the claim has done its job. Removing it now means a step whose metadata
                 # is later deleted (retention cut short) has no live-looking claim and is garbage.
@@ -150,14 +152,15 @@ class CheckpointManager:
                 self.collect_garbage()
             except Exception as exc:  # noqa: BLE001 - the checkpoint is committed; cleanup can wait
                 log.warning("retention after saving step %d under %s failed: %s", step, self.url, exc)
-        return summary
+
+        return api.start_save(target, state, framework, options, on_finish=finish)
 
     def _claim(self, step: int, target: Storage) -> None:
-        claim = _Claim.mine()
+        claim = Lease.mine()
         if not target.create_exclusive(LOCK_FILE, claim.encode()):
             if target.exists(METADATA_FILE):
                 raise CheckpointExistsError(f"step {step} is already saved at {target.url}")
-            holder = _Claim.read(target)
+            holder = Lease.read(target, LOCK_FILE)
             if holder is not None and not holder.is_stale(self.stale_lock_s):
                 raise CheckpointExistsError(
                     f"step {step} at {target.url} is being saved by another process ({holder.describe()}); "
@@ -165,7 +168,7 @@ class CheckpointManager:
                 )
             log.warning("breaking the stale claim on step %d (%s)", step,
                         holder.describe() if holder else "unreadable claim")
-            if holder is None or _Claim.read(target) == holder:
+            if holder is None or getattr(Lease.read(target, LOCK_FILE), "token", None) == holder.token:
                 target.delete(LOCK_FILE)
             if not target.create_exclusive(LOCK_FILE, claim.encode()):
                 raise CheckpointExistsError(f"step {step} at {target.url} was claimed by another save just now")
@@ -211,7 +214,7 @@ class CheckpointManager:
         removed = []
         for step in self.incomplete_steps():
             target = self.checkpoint(step)
-            claim = _Claim.read(target)
+            claim = Lease.read(target, LOCK_FILE)
             if not force and claim is not None and not claim.is_stale(self.stale_lock_s):
                 continue
             if target.exists(METADATA_FILE):  # committed meanwhile
@@ -227,7 +230,11 @@ class CheckpointManager:
     def restore(self, state: dict, step: int | None = None, framework: str | None = None, strict: bool = True,
                 **options: Any) -> int:
         """Fill ``state`` from ``step`` (default: the latest complete step); call it on every rank.
-        Returns the step loaded. Raises IncompleteCheckpointError if there is none."""
+        Returns the step loaded. Raises IncompleteCheckpointError if there is none.
+
+        If the chosen latest step is pruned while it is read (a save under the same root applied
+        retention), the then-latest step is loaded instead, once."""
+        wait_for_pending_save()
         options.setdefault("process_group", self.process_group)
         options.setdefault("timeout", self.timeout)
         comm = Communicator(options["process_group"], options["timeout"])
@@ -238,65 +245,15 @@ class CheckpointManager:
                 raise IncompleteCheckpointError(f"{self.url}: no complete checkpoint to restore")
             return chosen
 
-        chosen = comm.from_coordinator("checkpoint choice", choose)
-        self.last_load = api.load(self.checkpoint(chosen), state, framework=framework, strict=strict, **options)
-        return chosen
-
-
-class _Claim:
-    """Who holds a step: host, process id and start time, creation time, a random token."""
-
-    def __init__(self, host: str, pid: int, start: str, created: float, token: str) -> None:
-        self.host, self.pid, self.start, self.created, self.token = host, pid, start, created, token
-
-    @classmethod
-    def mine(cls) -> _Claim:
-        return cls(socket.gethostname(), os.getpid(), _process_start(os.getpid()) or "", time.time(),
-                   uuid.uuid4().hex)
-
-    def encode(self) -> bytes:
-        return json.dumps({"host": self.host, "pid": self.pid, "start": self.start, "created": self.created,
-                           "token": self.token}).encode()
-
-    @classmethod
-    def read(cls, target: Storage) -> _Claim | None:
-        try:
-            d = json.loads(target.read(LOCK_FILE))
-            return cls(str(d["host"]), int(d["pid"]), str(d.get("start", "")), float(d["created"]), str(d["token"]))
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            return None
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Claim) and self.token == other.token
-
-    def is_stale(self, max_age_s: float) -> bool:
-        if self.host == socket.gethostname() and not _process_alive(self.pid, self.start):
-            return True
-        return time.time() - self.created > max_age_s
-
-    def describe(self) -> str:
-        age = time.time() - self.created
-        return f"host {self.host}, pid {self.pid}, claimed {age:.0f}s ago"
-
-
-def _process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return None if fields[0] == "Z" else fields[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _process_alive(pid: int, start: str) -> bool:
-    if os.path.exists("/proc/self/stat"):
-        now = _process_start(pid)
-        return now is not None and (not start or now == start)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        for attempt in range(2):
+            chosen = comm.from_coordinator("checkpoint choice", choose)
+            try:
+                self.last_load = api.load(self.checkpoint(chosen), state, framework=framework, strict=strict,
+                                          **options)
+                return chosen
+            except (CheckpointChangedError, IncompleteCheckpointError) as exc:
+                if step is not None or attempt == 1:
+                    raise
+                log.warning("step %d under %s changed while it was read (%s); restoring the latest again",
+                            chosen, self.url, exc)
+        raise AssertionError("unreachable")

@@ -33,19 +33,28 @@ class _Options:
 @dataclass(frozen=True)
 class SaveOptions(_Options):
     """``fsync``: make data and metadata durable before returning. ``block_size``: bytes per
-    checksum block. ``layout``: a JSON-able description of the parallel layout, kept in the metadata."""
+    checksum block. ``layout``: a JSON-able description of the parallel layout, kept in the metadata.
+    ``async_save``: return after the snapshot (see async_save.py). ``host_buffer_bytes``: the most
+    host memory the snapshot may use per rank (None: as much as the rank writes; boxes beyond it
+    are written from the live tensors before the call returns)."""
 
     fsync: bool = True
     block_size: int = DEFAULT_BLOCK_SIZE
     layout: dict[str, Any] = field(default_factory=dict)
+    async_save: bool = False
+    host_buffer_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.block_size < 64 or self.block_size % 64:
             raise ValueError(f"save(): block_size must be a positive multiple of 64 bytes, got {self.block_size}")
+        if self.host_buffer_bytes is not None and self.host_buffer_bytes < 0:
+            raise ValueError(f"save(): host_buffer_bytes must be >= 0 or None, got {self.host_buffer_bytes}")
 
 
 @dataclass(frozen=True)
 class LoadOptions(_Options):
-    """``read_threads``: parallel byte-range reads per rank."""
+    """``read_threads``: parallel byte-range reads per rank. ``share_reads``: a saved chunk that
+    several ranks need is read by one of them and broadcast to the others (shared_reads.py)."""
 
     read_threads: int = 4
+    share_reads: bool = True

@@ -72,11 +72,20 @@ def local_save_plan(
 
 def global_save_plan(plans: list[LocalSavePlan]) -> GlobalSavePlan:
     """Merge the ranks' local plans (index = rank). Raises PlanError naming tensor and ranks."""
+    specs, writes, load = plan_tensors([p.tensors for p in plans])
+    return GlobalSavePlan(specs, writes, merge_values(specs, [p.values for p in plans]), load)
+
+
+def plan_tensors(
+    tensor_plans: list[tuple[LocalTensorPlan, ...]],
+) -> tuple[dict[Path, TensorSpec], dict[int, list[BoxKey]], dict[int, int]]:
+    """Specs, writes and bytes per rank from every rank's tensor boxes (index = rank): replicas are
+    written once, by the least-loaded holder; shards must tile each tensor."""
     specs: dict[Path, TensorSpec] = {}
     spec_rank: dict[Path, int] = {}
     holders: dict[BoxKey, list[int]] = {}
-    for rank, plan in enumerate(plans):
-        for t in plan.tensors:
+    for rank, tensors in enumerate(tensor_plans):
+        for t in tensors:
             spec = TensorSpec(t.path, t.dtype, t.shape)
             known = specs.setdefault(t.path, spec)
             spec_rank.setdefault(t.path, rank)
@@ -87,17 +96,6 @@ def global_save_plan(plans: list[LocalSavePlan]) -> GlobalSavePlan:
                 )
             for box in t.boxes:
                 holders.setdefault((t.path, box), []).append(rank)
-    values: dict[Path, Any] = {}
-    for plan in plans:
-        for path, encoded in plan.values:
-            if path in specs:
-                raise PlanError(f"{fqn_of(path)!r} is a tensor on some ranks and a plain value on others")
-            values.setdefault(path, encoded)
-
-    tensor_prefixes = {path[:i] for path in specs for i in range(1, len(path))}
-    for path in values:
-        if path in tensor_prefixes:
-            raise PlanError(f"{fqn_of(path)!r} is a plain value on some ranks but holds tensors on others")
 
     boxes_by_tensor: dict[Path, list[ShardBox]] = {}
     for path, box in holders:
@@ -107,8 +105,8 @@ def global_save_plan(plans: list[LocalSavePlan]) -> GlobalSavePlan:
         if problem:
             raise PlanError(f"tensor {fqn_of(path)!r} of shape {list(spec.shape)}: {problem}")
 
-    load = {rank: 0 for rank in range(len(plans))}
-    writes: dict[int, list[BoxKey]] = {rank: [] for rank in range(len(plans))}
+    load = {rank: 0 for rank in range(len(tensor_plans))}
+    writes: dict[int, list[BoxKey]] = {rank: [] for rank in range(len(tensor_plans))}
 
     def nbytes(key: BoxKey) -> int:
         return key[1].numel * itemsize(specs[key[0]].dtype)
@@ -119,7 +117,23 @@ def global_save_plan(plans: list[LocalSavePlan]) -> GlobalSavePlan:
         rank = min(holders[key], key=lambda r: (load[r], r))
         writes[rank].append(key)
         load[rank] += nbytes(key)
-    return GlobalSavePlan(specs, writes, values, load)
+    return specs, writes, load
+
+
+def merge_values(specs: dict[Path, TensorSpec], rank_values: list[tuple[tuple[Path, Any], ...]]) -> dict[Path, Any]:
+    """Plain values of all ranks (index = rank; the lowest rank's copy wins), checked against the
+    tensors' paths."""
+    values: dict[Path, Any] = {}
+    for plan_values in rank_values:
+        for path, encoded in plan_values:
+            if path in specs:
+                raise PlanError(f"{fqn_of(path)!r} is a tensor on some ranks and a plain value on others")
+            values.setdefault(path, encoded)
+    tensor_prefixes = {path[:i] for path in specs for i in range(1, len(path))}
+    for path in values:
+        if path in tensor_prefixes:
+            raise PlanError(f"{fqn_of(path)!r} is a plain value on some ranks but holds tensors on others")
+    return values
 
 
 def plan_bytes(plan: GlobalSavePlan) -> int:

@@ -3,11 +3,14 @@
 Each copy needs a sub-box of a saved chunk; its bytes span a range of the chunk's data, widened
 to whole checksum blocks so every block read can be verified. Ranges of one file that lie close
 together are merged into one read; reads of different ranges run in parallel threads.
+
+Errors name the file, tensor and byte range, never the hash of the bytes found (a data file that
+is not what the metadata says must not become a way to learn its contents).
 """
 
 from __future__ import annotations
 
-import math
+import itertools
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,8 +20,16 @@ import torch
 from .boxes import ShardBox, intersect, row_major_strides
 from .checksums import hash_block
 from .dtypes import itemsize, torch_dtype
-from .errors import ChecksumMismatchError, CorruptCheckpointError, TruncatedDataError
-from .metadata import SavedChunk, TensorEntry
+from .errors import (
+    AllocationError,
+    ChecksumMismatchError,
+    CorruptCheckpointError,
+    MetadataError,
+    MissingDataFileError,
+    TruncatedDataError,
+    UnsafeFileError,
+)
+from .metadata import ChunkLocation, SavedChunk, TensorEntry
 from .state import TensorPiece
 from .storage import Storage
 
@@ -48,7 +59,7 @@ class CopyItem:
         """Indices [lo, hi) of the chunk's checksum blocks that hold the overlap's bytes."""
         size = itemsize(self.entry.dtype)
         first, end = self.element_span()
-        return first * size // block_size, math.ceil(end * size / block_size)
+        return first * size // block_size, -(-end * size // block_size)
 
 
 def plan_copies(entry: TensorEntry, pieces: Sequence[TensorPiece]) -> list[CopyItem]:
@@ -61,7 +72,7 @@ def plan_copies(entry: TensorEntry, pieces: Sequence[TensorPiece]) -> list[CopyI
             if overlap is None:
                 continue
             covered += overlap.numel
-            items.append(CopyItem(entry, chunk, overlap, piece.data[overlap.relative_to(piece.box)]))
+            items.append(CopyItem(entry, chunk, overlap, piece.target[overlap.relative_to(piece.box)]))
         if covered != piece.box.numel:
             raise CorruptCheckpointError(
                 f"tensor {entry.fqn!r}: saved chunks cover {covered} of the {piece.box.numel} elements of "
@@ -84,6 +95,8 @@ def _reads_directly(item: CopyItem) -> bool:
         item.overlap == item.chunk.box
         and item.dest.is_contiguous()
         and item.dest.device.type == "cpu"
+        and not item.dest.is_conj()
+        and not item.dest.is_neg()
     )
 
 
@@ -127,16 +140,35 @@ def execute_copies(storage: Storage, items: list[CopyItem], block_size: int, thr
 
 
 def _read_range(storage: Storage, rng: _Range, block_size: int) -> int:
+    buffer = _read_and_verify(storage, rng, block_size)
+    if not rng.direct:
+        with torch.no_grad():
+            for item, _, _ in rng.items:
+                item.dest.copy_(source_view(buffer, rng.start, item))
+    return len(buffer)
+
+
+def read_verified(storage: Storage, chunk: ChunkLocation, items: Sequence[CopyItem], block_size: int) -> torch.Tensor:
+    """The whole saved ``chunk`` (which ``items`` copy from), every block verified, in a new buffer."""
+    nblocks = len(items[0].chunk.block_hashes)
+    rng = _Range(chunk.file, chunk.offset, chunk.offset + chunk.length, [(item, 0, nblocks) for item in items])
+    return _read_and_verify(storage, rng, block_size)
+
+
+def _read_and_verify(storage: Storage, rng: _Range, block_size: int) -> torch.Tensor:
+    """Read ``rng`` (into the direct item's destination, or a new buffer) and verify its items' blocks."""
     where = storage.describe(rng.file)
+    names = sorted({item.entry.fqn for item, _, _ in rng.items})
     if rng.direct:
         buffer = rng.items[0][0].dest.reshape(-1).view(torch.uint8)
     else:
-        buffer = torch.empty(rng.end - rng.start, dtype=torch.uint8)
+        buffer = allocate(rng.end - rng.start, torch.uint8, f"a read buffer of {where} for tensor(s) {names}")
     try:
         got = storage.read_into(rng.file, rng.start, memoryview(buffer.numpy()))
     except FileNotFoundError:
-        names = sorted({item.entry.fqn for item, _, _ in rng.items})
-        raise TruncatedDataError(f"{where}: data file is missing (needed by tensor(s) {names})") from None
+        raise MissingDataFileError(f"{where}: data file is missing (needed by tensor(s) {names})") from None
+    except UnsafeFileError as exc:
+        raise UnsafeFileError(f"{exc} (needed by tensor(s) {names})") from None
     if got < len(buffer):
         short = sorted({item.entry.fqn for item, _, _ in rng.items
                         if item.chunk.location.offset + item.chunk.location.length > rng.start + got})
@@ -145,33 +177,75 @@ def _read_range(storage: Storage, rng: _Range, block_size: int) -> int:
             f"need bytes up to {rng.end}"
         )
     raw = memoryview(buffer.numpy())
-    verified: set[tuple[int, int]] = set()
+    verified: set[tuple[int, int, int]] = set()
     with torch.no_grad():
         for item, lo, hi in rng.items:
             loc = item.chunk.location
             for block in range(lo, hi):
-                if (loc.offset, block) in verified:
+                if (loc.offset, loc.length, block) in verified:
                     continue
                 a = loc.offset + block * block_size - rng.start
                 b = min(a + block_size, loc.offset + loc.length - rng.start)
-                expected = item.chunk.block_hashes[block]
-                actual = hash_block(raw[a:b])
-                if actual != expected:
+                if hash_block(raw[a:b]) != item.chunk.block_hashes[block]:
                     raise ChecksumMismatchError(
                         f"{where}: checksum mismatch in tensor {item.entry.fqn!r} (chunk offsets="
-                        f"{list(item.chunk.box.offsets)}, bytes {a + rng.start}-{b + rng.start}): "
-                        f"xxh3 {actual}, expected {expected}"
+                        f"{list(item.chunk.box.offsets)}, bytes {a + rng.start}-{b + rng.start}): the bytes "
+                        "differ from the ones saved"
                     )
-                verified.add((loc.offset, block))
-            if not rng.direct:
-                item.dest.copy_(_source_view(buffer, rng.start, item))
-    return len(buffer)
+                verified.add((loc.offset, loc.length, block))
+    return buffer
 
 
-def _source_view(buffer: torch.Tensor, range_start: int, item: CopyItem) -> torch.Tensor:
+def source_view(buffer: torch.Tensor, range_start: int, item: CopyItem) -> torch.Tensor:
     size = itemsize(item.entry.dtype)
     first, end = item.element_span()
     a = item.chunk.location.offset + first * size - range_start
-    typed = buffer[a : a + (end - first) * size].view(torch_dtype(item.entry.dtype))
+    raw = buffer[a : a + (end - first) * size]
+    if a % size:  # the format does not promise aligned chunks: a typed view needs an aligned copy
+        raw = raw.clone()
+    typed = raw.view(torch_dtype(item.entry.dtype))
     strides = row_major_strides(item.chunk.box.lengths)
     return typed.as_strided(item.overlap.lengths, strides, typed.storage_offset())
+
+
+def check_chunk_bytes(storage: Storage, tensors: Sequence[TensorEntry]) -> None:
+    """Before anything is allocated: every chunk's bytes lie inside its data file (a regular file),
+    and no two chunks share bytes, so whole tensors take no more memory than the data files hold."""
+    sizes: dict[str, int] = {}
+    spans: dict[str, list[tuple[int, int, str]]] = {}
+    for entry in tensors:
+        for chunk in entry.chunks:
+            loc = chunk.location
+            if not loc.length:
+                continue
+            if loc.file not in sizes:
+                try:
+                    sizes[loc.file] = storage.size(loc.file)
+                except FileNotFoundError:
+                    raise MissingDataFileError(
+                        f"{storage.describe(loc.file)}: data file is missing (needed by tensor {entry.fqn!r})"
+                    ) from None
+                except UnsafeFileError as exc:
+                    raise UnsafeFileError(f"{exc} (needed by tensor {entry.fqn!r})") from None
+            if loc.offset + loc.length > sizes[loc.file]:
+                raise TruncatedDataError(
+                    f"{storage.describe(loc.file)}: truncated: the data file ends at byte {sizes[loc.file]}, but "
+                    f"tensor {entry.fqn!r} needs bytes up to {loc.offset + loc.length}"
+                )
+            spans.setdefault(loc.file, []).append((loc.offset, loc.offset + loc.length, entry.fqn))
+    for file, ranges in spans.items():
+        ranges.sort()
+        for (_, end, first), (start, _, second) in itertools.pairwise(ranges):
+            if start < end:
+                raise MetadataError(
+                    f"{storage.describe(file)}: tensors {first!r} and {second!r} point at the same bytes "
+                    f"(from {start} to {end}); writers never share bytes between chunks"
+                )
+
+
+def allocate(shape: int | tuple[int, ...], dtype: torch.dtype, what: str) -> torch.Tensor:
+    """``torch.empty``, with a failure (out of memory, a size torch refuses) an AllocationError naming ``what``."""
+    try:
+        return torch.empty(shape, dtype=dtype)
+    except (RuntimeError, MemoryError, ValueError, OverflowError) as exc:
+        raise AllocationError(f"cannot allocate {what} (shape {shape}, {dtype}): {str(exc).splitlines()[0][:200]}") from None

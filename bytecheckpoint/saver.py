@@ -1,37 +1,64 @@
 """The save protocol.
 
-1. plan (every rank): flatten the state into boxes and plain values; the coordinator also picks
-   a fresh save id. Local plans are all-gathered and merged into the global plan on every rank.
-2. write (every rank): write the boxes this rank was assigned into ``data/<save_id>/rank<r>.bin``.
-3. commit (coordinator): build the metadata from all ranks' written chunks, commit it atomically,
-   then delete data files that the new metadata does not reference.
+1. plan (every rank): flatten the state into boxes and plain values. The coordinator picks a fresh
+   save id and takes the save's lease. Ranks all-gather a digest of their boxes and their plain
+   values; when every digest matches the previous save's, the cached global plan is reused,
+   otherwise the boxes are all-gathered and merged into a new global plan (the same on every rank).
+2. snapshot (async saves only, every rank): copy the boxes this rank writes into the reusable host
+   buffer (device-to-host for CUDA tensors); the call returns here, and 3-4 run in a background thread.
+3. write (every rank): write the boxes this rank was assigned into ``data/<save_id>/rank<r>.bin``.
+4. commit (coordinator): build the metadata from all ranks' written chunks and commit it under the
+   path's commit lock, then remove what it made garbage (see commit.py).
 A failure in any phase on any rank raises the same error on every rank; nothing is committed.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+import xxhash
+
 from . import __version__
+from .async_save import AsyncSave, wait_for_pending_save
 from .collectives import Communicator
+from .commit import abandon_save, begin_save, commit_save
 from .frameworks import FrameworkAdapter
-from .metadata import METADATA_FILE, CheckpointMetadata, SavedChunk, TensorEntry, ValueEntry, WriterInfo
+from .metadata import CheckpointMetadata, SavedChunk, TensorEntry, ValueEntry, WriterInfo
 from .options import SaveOptions
-from .planner import GlobalSavePlan, LocalSavePlan, global_save_plan, local_save_plan
+from .planner import (
+    BoxKey,
+    GlobalSavePlan,
+    LocalSavePlan,
+    LocalTensorPlan,
+    local_save_plan,
+    merge_values,
+    plan_tensors,
+)
+from .snapshot import Snapshot, take_snapshot
 from .state import flatten_state
 from .storage import Storage
-from .writer import DATA_DIR, WrittenChunk, data_file_name, write_rank_data
+from .writer import WrittenChunk, data_file_name, write_rank_data
 
 log = logging.getLogger(__name__)
+
+#: per process group: the digests of every rank's boxes at the last save, and the plan they gave
+_plan_cache: dict[tuple[int, int], tuple[list[str], GlobalSavePlan]] = {}
 
 
 @dataclass(frozen=True)
 class SaveSummary:
-    """What a save did, as seen from this rank."""
+    """What a save did, as seen from this rank.
+
+    ``phase_seconds``: ``plan``, ``snapshot`` (async only), ``write``, ``commit``.
+    ``stall_seconds``: how long the ``save`` call blocked the caller.
+    """
 
     path: str
     rank: int
@@ -39,10 +66,15 @@ class SaveSummary:
     bytes_written: int
     total_bytes: int
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    stall_seconds: float = 0.0
+    plan_cached: bool = False
 
     @property
     def seconds(self) -> float:
         return sum(self.phase_seconds.values())
+
+
+OnFinish = Callable[[BaseException | None], None]
 
 
 def run_save(
@@ -51,60 +83,183 @@ def run_save(
     framework: str | None,
     opts: SaveOptions,
     adapter: FrameworkAdapter | None = None,
-) -> SaveSummary:
+    on_finish: OnFinish | None = None,
+) -> SaveSummary | AsyncSave:
+    """Run the protocol; with ``opts.async_save`` return an AsyncSave after the snapshot.
+
+    ``on_finish(error)`` runs on every rank when the save is over (committed: None).
+    """
+    wait_for_pending_save()
+    called = time.perf_counter()
     comm = Communicator(opts.process_group, opts.timeout)
     timings: dict[str, float] = {}
-    local: dict[str, Any] = {}
+    pieces: dict[BoxKey, torch.Tensor] = {}
 
-    def plan_step() -> tuple[LocalSavePlan, str | None]:
+    def local_plan() -> LocalSavePlan:
         tensors, values = flatten_state(adapter.save_state(state) if adapter else state)
-        local["pieces"] = {(t.path, p.box): p.data for t in tensors for p in t.pieces}
-        save_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}" if comm.is_coordinator else None
-        return local_save_plan(tensors, values, opts.allow_pickle, comm.rank), save_id
+        pieces.update({(t.path, p.box): p.data for t in tensors for p in t.pieces})
+        return local_save_plan(tensors, values, opts.allow_pickle, comm.rank)
 
-    start = time.perf_counter()
-    gathered = comm.phase("save planning", plan_step)
-    save_id = gathered[0][1]
-    plan = global_save_plan([p for p, _ in gathered])
-    timings["plan"] = time.perf_counter() - start
-
-    def write_step() -> list[WrittenChunk]:
-        keys = plan.writes[comm.rank]
-        return write_rank_data(storage, data_file_name(save_id, comm.rank), keys, local["pieces"], opts.block_size)
-
-    start = time.perf_counter()
     try:
-        written = comm.phase("save write", write_step)
-    except BaseException:  # another rank (or this one) failed: remove this rank's file of this save
-        _discard(storage, [data_file_name(save_id, comm.rank)])
+        start = time.perf_counter()
+        plan, save_id, cached = _global_plan(comm, storage, local_plan)
+        timings["plan"] = time.perf_counter() - start
+    except BaseException as exc:
+        if on_finish is not None:
+            on_finish(exc)
         raise
-    timings["write"] = time.perf_counter() - start
+    keys = plan.writes[comm.rank]
+    protocol = _Protocol(storage, comm, plan, save_id, framework, opts, timings, on_finish, called, cached)
 
-    def commit_step() -> None:
-        if not comm.is_coordinator:
-            return
-        metadata = build_metadata(plan, written, framework, comm.world_size, opts.block_size, opts.layout)
-        encoded = metadata.to_json()
-        try:
-            storage.commit(METADATA_FILE, encoded)
-        except BaseException:
-            # the data files are garbage unless the metadata did get published (e.g. only the
-            # directory fsync failed): then they are a committed checkpoint's and must stay
-            if not _is_committed(storage, encoded):
-                _discard(storage, metadata.data_files)
-            raise
-        keep = set(metadata.data_files)
-        for name in storage.list(DATA_DIR):
-            if name not in keep:
-                storage.delete(name)
+    if not opts.async_save:
+        return protocol.write_and_commit(pieces, keys)
 
     start = time.perf_counter()
-    comm.phase("save commit", commit_step)
-    timings["commit"] = time.perf_counter() - start
-    mine = sum(c.location.length for c in written[comm.rank])
-    total = sum(c.location.length for chunks in written for c in chunks)
-    log.info("saved %s: %d bytes (%d by rank %d) in %.3fs", storage.url, total, mine, comm.rank, sum(timings.values()))
-    return SaveSummary(storage.url, comm.rank, comm.world_size, mine, total, timings)
+    snapshot: Snapshot | None = None
+    failure: BaseException | None = None
+    try:
+        snapshot = take_snapshot([(k, pieces[k]) for k in keys], opts.host_buffer_bytes)
+    except Exception as exc:  # noqa: BLE001 - reported through the write phase, on every rank
+        failure = exc
+    timings["snapshot"] = time.perf_counter() - start
+    data = dict(pieces)
+    order = keys
+    if snapshot is not None:
+        data.update(snapshot.copies)
+        order = [k for k in keys if k in snapshot.copies] + snapshot.live
+    live_written = protocol.live_written
+    if snapshot is None or not snapshot.live:
+        live_written.set()
+
+    def work() -> SaveSummary:
+        try:
+            return protocol.write_and_commit(data, order, failure)
+        finally:
+            live_written.set()
+            if snapshot is not None:
+                snapshot.release()
+
+    handle = AsyncSave(storage.url, work)
+    handle._start()
+    live_written.wait()  # boxes that did not fit the host buffer are read from the live tensors
+    protocol.stall = time.perf_counter() - called
+    return handle
+
+
+class _Protocol:
+    """Phases 3-4 of one save (write, commit), run in the caller's thread or in the background."""
+
+    def __init__(self, storage: Storage, comm: Communicator, plan: GlobalSavePlan, save_id: str,
+                 framework: str | None, opts: SaveOptions, timings: dict[str, float],
+                 on_finish: OnFinish | None, called: float, cached: bool) -> None:
+        self.storage, self.comm, self.plan, self.save_id = storage, comm, plan, save_id
+        self.framework, self.opts, self.timings, self.on_finish = framework, opts, timings, on_finish
+        self.called, self.cached = called, cached
+        self.stall: float | None = None
+        self.live_written = threading.Event()
+
+    def write_and_commit(self, data: dict[BoxKey, torch.Tensor], keys: list[BoxKey],
+                         failure: BaseException | None = None) -> SaveSummary:
+        """Write ``keys`` from ``data`` (or fail with ``failure`` in the write phase), then commit."""
+        try:
+            summary = self._write_and_commit(data, keys, failure)
+        except BaseException as exc:
+            if self.on_finish is not None:
+                self.on_finish(exc)
+            raise
+        if self.on_finish is not None:
+            self.on_finish(None)
+        return summary
+
+    def _write_and_commit(self, data: dict[BoxKey, torch.Tensor], keys: list[BoxKey],
+                          failure: BaseException | None) -> SaveSummary:
+        storage, comm, plan, opts = self.storage, self.comm, self.plan, self.opts
+        own_file = data_file_name(self.save_id, comm.rank)
+
+        def write_step() -> list[WrittenChunk]:
+            if failure is not None:
+                raise failure
+            try:
+                return write_rank_data(storage, own_file, keys, data, opts.block_size)
+            finally:
+                self.live_written.set()
+
+        start = time.perf_counter()
+        try:
+            written = comm.phase("save write", write_step)
+        except BaseException:  # another rank (or this one) failed: remove this rank's file of this save
+            abandon_save(storage, [own_file], self.save_id if comm.is_coordinator else None)
+            raise
+        self.timings["write"] = time.perf_counter() - start
+
+        def commit_step() -> None:
+            if not comm.is_coordinator:
+                return
+            metadata = build_metadata(plan, written, self.framework, comm.world_size, opts.block_size, opts.layout)
+            commit_save(storage, self.save_id, metadata.to_json(), metadata.data_files, opts.timeout)
+
+        start = time.perf_counter()
+        comm.phase("save commit", commit_step)
+        self.timings["commit"] = time.perf_counter() - start
+        mine = sum(c.location.length for c in written[comm.rank])
+        total = sum(c.location.length for chunks in written for c in chunks)
+        stall = self.stall if self.stall is not None else time.perf_counter() - self.called
+        log.info("saved %s: %d bytes (%d by rank %d) in %.3fs, stall %.3fs", storage.url, total, mine, comm.rank,
+                 sum(self.timings.values()), stall)
+        return SaveSummary(storage.url, comm.rank, comm.world_size, mine, total, dict(self.timings), stall,
+                           self.cached)
+
+
+def _plan_digest(tensors: tuple[LocalTensorPlan, ...]) -> str:
+    return xxhash.xxh3_128_hexdigest(repr(tensors).encode())
+
+
+def _global_plan(
+    comm: Communicator, storage: Storage, local_plan: Callable[[], LocalSavePlan]
+) -> tuple[GlobalSavePlan, str, bool]:
+    """The global plan (cached when no rank's boxes changed), the save id, and whether it was cached."""
+    key = (id(comm.group), comm.world_size)
+    cached = _plan_cache.get(key)
+    mine: list[str] = []  # the save id, once the coordinator has taken its lease
+    local: list[LocalSavePlan] = []
+
+    def step() -> tuple[str, tuple, str | None, tuple | None]:
+        local.append(local_plan())
+        tensors = local[0].tensors
+        if comm.is_coordinator:
+            save_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+            begin_save(storage, save_id)
+            mine.append(save_id)
+        return _plan_digest(tensors), local[0].values, mine[0] if mine else None, None if cached else tensors
+
+    try:
+        gathered = comm.phase("save planning", step)
+        return _merge_plans(comm, key, cached, gathered, local[0].tensors)
+    except BaseException:
+        if mine:
+            abandon_save(storage, [], mine[0])
+        raise
+
+
+def _merge_plans(
+    comm: Communicator, key: tuple[int, int], cached: tuple[list[str], GlobalSavePlan] | None, gathered: list,
+    tensors: tuple[LocalTensorPlan, ...],
+) -> tuple[GlobalSavePlan, str, bool]:
+    save_id = gathered[0][2]
+    digests = [g[0] for g in gathered]
+    if cached is not None and cached[0] == digests:
+        reused = cached[1]
+        plan = GlobalSavePlan(reused.tensors, reused.writes, merge_values(reused.tensors, [g[1] for g in gathered]),
+                              reused.bytes_per_rank)
+        return plan, save_id, True
+    if cached is not None:  # some rank's boxes changed: gather them all
+        all_tensors = comm.phase("save planning (layout changed)", lambda: tensors)
+    else:
+        all_tensors = [g[3] for g in gathered]
+    specs, writes, load = plan_tensors(all_tensors)
+    plan = GlobalSavePlan(specs, writes, merge_values(specs, [g[1] for g in gathered]), load)
+    _plan_cache[key] = (digests, plan)
+    return plan, save_id, False
 
 
 def build_metadata(
@@ -133,21 +288,3 @@ def build_metadata(
     )
     return CheckpointMetadata(writer=writer, block_size=block_size, tensors=tensors, values=values)
 
-
-def _is_committed(storage: Storage, encoded: bytes) -> bool:
-    """Whether the metadata now stored is ``encoded``; True when that cannot be told (keep data)."""
-    try:
-        return storage.read(METADATA_FILE) == encoded
-    except FileNotFoundError:
-        return False
-    except Exception:  # noqa: BLE001 - unknown: err on the side of keeping the files
-        return True
-
-
-def _discard(storage: Storage, names: list[str]) -> None:
-    """Best-effort removal of a failed save's data files (what remains is unreferenced garbage)."""
-    for name in names:
-        try:
-            storage.delete(name)
-        except Exception as exc:  # noqa: BLE001 - the save already failed; don't mask its error
-            log.warning("could not remove %s after a failed save: %s", storage.describe(name), exc)

@@ -47,7 +47,38 @@ def report(
         "ratios": ratio_values,
         **extra,
     }
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_json(out, result)
     return result
+
+
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    """What ran the benchmark (the GPU's name only when ``device`` is cuda: no CUDA calls otherwise)."""
+    info: dict[str, Any] = {"node": platform.node(), "arch": platform.machine(), "cpus": os.cpu_count(),
+                            "python": platform.python_version(), "torch": torch.__version__}
+    try:
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+        info["gpus"] = torch.cuda.device_count()
+    return info
+
+
+def write_json(out: str | Path, result: dict[str, Any]) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2, default=str))
+    print(f"wrote {out}")
+
+
+def render_table(headers: list[str], rows: list[list[str]], markdown: bool = False) -> str:
+    """Rows of strings as an aligned text table (first column left, the others right) or markdown."""
+    if markdown:
+        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+
+    def fmt(r: list[str]) -> str:
+        return "  ".join(str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(r, widths)))
+
+    return "\n".join([fmt(headers), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])

@@ -1,6 +1,8 @@
 """Any fsspec filesystem as checkpoint storage (``memory://``, ``file://``, ``gcs://``, ...).
 
-Commit: on a local filesystem, a temporary file renamed over the metadata (as LocalStorage); on
+Reads on a local filesystem go through LocalStorage, which opens only regular files inside the
+checkpoint (no links followed, no FIFOs or devices). Commit: on a local filesystem, a temporary file
+renamed over the metadata (as LocalStorage); on
 every other filesystem one whole-object write of the metadata, issued after every data file was
 closed. A filesystem whose single-file write is not atomic for readers (some network mounts)
 should be used through LocalStorage on a POSIX mount instead.
@@ -10,17 +12,19 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractBufferedFile
 
 from ..errors import ObjectNotFoundError, StorageError
-from .base import DataWriter, Storage, read_fully
+from .base import DataWriter, Storage
 from .local import LocalStorage
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class FsspecStorage(Storage):
@@ -53,6 +57,14 @@ class FsspecStorage(Storage):
             return ObjectNotFoundError(f"{self.describe(name)}: not found ({op})")
         return StorageError(f"{op} {self.describe(name)} failed: {type(exc).__name__}: {exc}")
 
+    def _local(self, op: str, name: str, call: Callable[[LocalStorage], T]) -> T:
+        """A read through the POSIX path; a missing file is ObjectNotFoundError, as on other stores."""
+        assert self._posix is not None
+        try:
+            return call(self._posix)
+        except FileNotFoundError as exc:
+            raise self._fail(op, name, exc) from exc
+
     def open_writer(self, name: str) -> DataWriter:
         path = self._path(name)
         try:
@@ -65,12 +77,8 @@ class FsspecStorage(Storage):
     def read_into(self, name: str, offset: int, buffer: memoryview) -> int:
         if not len(buffer):
             return 0
-        if self.is_local:  # straight into the buffer, no intermediate bytes
-            try:
-                with self.fs.open(self._path(name), "rb") as f:
-                    return read_fully(f, offset, buffer)
-            except Exception as exc:
-                raise self._fail("read", name, exc) from exc
+        if self._posix is not None:  # straight into the buffer, regular files inside the root only
+            return self._local("read", name, lambda p: p.read_into(name, offset, buffer))
         try:
             data = self.fs.cat_file(self._path(name), start=offset, end=offset + len(buffer))
         except Exception as exc:
@@ -82,18 +90,24 @@ class FsspecStorage(Storage):
         return len(data)
 
     def read(self, name: str) -> bytes:
+        if self._posix is not None:
+            return self._local("read", name, lambda p: p.read(name))
         try:
             return self.fs.cat_file(self._path(name))
         except Exception as exc:
             raise self._fail("read", name, exc) from exc
 
     def size(self, name: str) -> int:
+        if self._posix is not None:
+            return self._local("size of", name, lambda p: p.size(name))
         try:
             return int(self.fs.size(self._path(name)))
         except Exception as exc:
             raise self._fail("size of", name, exc) from exc
 
     def exists(self, name: str) -> bool:
+        if self._posix is not None:
+            return self._local("exists", name, lambda p: p.exists(name))
         try:
             return bool(self.fs.isfile(self._path(name)))
         except Exception as exc:

@@ -1,14 +1,27 @@
-"""Local-disk storage: data files with fsync, metadata committed by temp file + fsync + rename."""
+"""Local-disk storage: data files with fsync, metadata committed by temp file + fsync + rename.
+
+Reads open only regular files inside the checkpoint: every name is resolved component by component
+below the root without following symbolic links (``O_NOFOLLOW``), and what is opened must be a
+regular file (no FIFO, device or directory), so a planted link or special file cannot make a reader
+read outside the checkpoint or block. A missing file is a FileNotFoundError, as everywhere.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from ..errors import StorageError
+from ..errors import StorageError, UnsafeFileError
 from .base import DataWriter, Storage, read_fully
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class LocalStorage(Storage):
@@ -37,17 +50,93 @@ class LocalStorage(Storage):
             raise StorageError(f"cannot create {path}: {exc.strerror or exc}") from exc
 
     def read_into(self, name: str, offset: int, buffer: memoryview) -> int:
-        with open(self._path(name), "rb", buffering=0) as f:
-            return read_fully(f, offset, buffer)
+        fd, size = self._open_regular(name)
+        with open(fd, "rb", buffering=0) as f:
+            if offset >= size or not len(buffer):  # nothing there (and no seek past the filesystem's limit)
+                return 0
+            return self._reading(name, lambda: read_fully(f, offset, buffer))
 
     def read(self, name: str) -> bytes:
-        return self._path(name).read_bytes()
+        fd, _ = self._open_regular(name)
+        with open(fd, "rb", buffering=0) as f:
+            return self._reading(name, f.readall)
 
     def size(self, name: str) -> int:
-        return self._path(name).stat().st_size
+        fd, size = self._open_regular(name)
+        os.close(fd)
+        return size
 
     def exists(self, name: str) -> bool:
-        return self._path(name).is_file()
+        """Whether ``name`` is a regular file; UnsafeFileError if something else (a link, FIFO,
+        device, directory) stands at that name."""
+        try:
+            self.size(name)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _open_regular(self, name: str) -> tuple[int, int]:
+        """An fd of the regular file ``name`` below the root, opened without following links, and its size."""
+        parts = name.strip("/").split("/")
+        if any(part in ("", ".", "..") for part in parts) or "\0" in name:
+            raise UnsafeFileError(f"{self.describe(name)}: not a plain relative name inside the checkpoint")
+        try:
+            dir_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            raise FileNotFoundError(errno.ENOENT, "no such checkpoint directory", str(self.root)) from None
+        except OSError as exc:
+            raise StorageError(f"cannot open {self.root}: {exc.strerror or exc}") from exc
+        try:
+            for part in parts[:-1]:
+                next_fd = self._open_at(name, part, dir_fd, _DIR_FLAGS, "a directory")
+                os.close(dir_fd)
+                dir_fd = next_fd
+            st = self._lstat_at(name, parts[-1], dir_fd)
+            if not stat.S_ISREG(st.st_mode):  # never open a FIFO or a device: that can block or act
+                raise UnsafeFileError(f"{self.describe(name)}: is {_kind(st.st_mode)}, not a regular file")
+            fd = self._open_at(name, parts[-1], dir_fd, _FILE_FLAGS, "a regular file")
+        finally:
+            os.close(dir_fd)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # replaced between the lstat and the open
+            os.close(fd)
+            raise UnsafeFileError(f"{self.describe(name)}: is {_kind(st.st_mode)}, not a regular file")
+        return fd, st.st_size
+
+    def _open_at(self, name: str, part: str, dir_fd: int, flags: int, expected: str) -> int:
+        try:
+            return os.open(part, flags, dir_fd=dir_fd)
+        except OSError as exc:
+            raise self._open_error(name, part, dir_fd, exc, expected) from None
+
+    def _lstat_at(self, name: str, part: str, dir_fd: int) -> os.stat_result:
+        try:
+            return os.stat(part, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError as exc:
+            raise self._open_error(name, part, dir_fd, exc, "a regular file") from None
+
+    def _open_error(self, name: str, part: str, dir_fd: int, exc: OSError, expected: str) -> Exception:
+        missing = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.describe(name))
+        if isinstance(exc, FileNotFoundError):
+            return missing
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.ENXIO):
+            return StorageError(f"cannot open {self.describe(name)}: {exc.strerror or exc}")
+        try:
+            mode = os.stat(part, dir_fd=dir_fd, follow_symlinks=False).st_mode
+        except OSError:
+            return missing
+        if stat.S_ISREG(mode) and expected == "a directory":  # a file where a parent should be: absent
+            return missing
+        return UnsafeFileError(
+            f"{self.describe(name)}: {part!r} is {_kind(mode)}, not {expected}; readers do not follow links "
+            "or open special files"
+        )
+
+    def _reading(self, name: str, read: Callable[[], Any]) -> Any:
+        try:
+            return read()
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.describe(name)}: {exc.strerror or exc}") from exc
 
     def list(self, prefix: str = "") -> list[str]:
         base = self._path(prefix) if prefix else self.root
@@ -170,6 +259,15 @@ class _LocalWriter:
             self.path.parent.rmdir()
         except OSError:
             pass
+
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return kind
+    return "not a regular file"
 
 
 def _fsync_dir(path: Path) -> None:

@@ -119,23 +119,27 @@ def test_a_crashed_rank_yields_an_error_not_a_hang(tmp_path, when) -> None:
     bcp.verify(path)
 
 
-def _load_corrupt(rank: int, world: int, path: str) -> str:
+def _load_corrupt(rank: int, world: int, path: str, share_reads: bool) -> str:
     target = {"w": bcp.ShardedTensor(torch.zeros(32, 64), (64, 64), (32 * rank, 0))}
     with pytest.raises(bcp.ChecksumMismatchError) as info:
-        bcp.load(path, target, timeout=60)
+        bcp.load(path, target, timeout=60, share_reads=share_reads)
     assert dist.get_world_size() == 2
     return str(info.value)
 
 
-def test_corruption_seen_by_one_rank_fails_the_load_on_all(tmp_path) -> None:
+@pytest.mark.parametrize("share_reads", [False, True])
+def test_corruption_seen_by_one_rank_fails_the_load_on_all(tmp_path, share_reads) -> None:
+    """Each rank reads its rows (rank 1 meets the damage), or, sharing reads, rank 0 reads the one
+    saved chunk that both need and broadcasts it: either way one error, on both ranks."""
     path = tmp_path / "ck"
     bcp.save(path, {"w": torch.arange(4096.0).reshape(64, 64)}, block_size=1024)
     data = path / bcp.verify(path).data_files[0]
     raw = bytearray(data.read_bytes())
     raw[-10] ^= 0xFF  # in the last rows, which only rank 1 reads
     data.write_bytes(bytes(raw))
-    messages = run_ranks(2, _load_corrupt, str(path))
-    assert all("failed on rank(s) 1" in m and "'w'" in m for m in messages)
+    messages = run_ranks(2, _load_corrupt, str(path), share_reads)
+    reader = 0 if share_reads else 1
+    assert all(f"failed on rank(s) {reader}:" in m and "'w'" in m for m in messages), messages
 
 
 def _dtensor_2d_state(rank: int, world: int, fill: bool) -> dict:

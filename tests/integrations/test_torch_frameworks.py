@@ -83,6 +83,30 @@ def test_resharded_resume_matches_an_uninterrupted_run(tmp_path, src, w1, dst, w
     _assert_same(resumed, reference, exact=False, what="resumed vs uninterrupted")
 
 
+def _async_save_worker(rank: int, world: int, setup: Setup, path: str) -> dict:
+    """Save asynchronously and train on before the save is done: the checkpoint holds the state at
+    the call, not what the next optimizer step made of it."""
+    model, optim = build(setup, 0, world)
+    train(model, optim, rank, world, range(STEPS_BEFORE))
+    at_save = full_params(model, optim, distributed=True)
+    handle = bcp.save(path, {"model": model, "optimizer": optim, "extra_state": {"step": STEPS_BEFORE}},
+                      framework=setup.bcp_framework, timeout=60, async_save=True)
+    train(model, optim, rank, world, range(STEPS_BEFORE, STEPS_BEFORE + 1))  # overlaps the write
+    handle.wait()
+    return at_save
+
+
+@pytest.mark.parametrize(("src", "dst", "w2"), [(Setup("fsdp2"), Setup("fsdp2"), 3), (Setup("ddp"), Setup("fsdp1"), 2)],
+                         ids=["fsdp2-2-fsdp2-3", "ddp-2-fsdp1-2"])
+def test_async_save_while_training_on_resumes_like_an_uninterrupted_run(tmp_path, src, dst, w2) -> None:
+    path = str(tmp_path / "ck")
+    _, reference = _run_single(Setup("single", src.optimizer), 0, range(STEPS_BEFORE + STEPS_AFTER))
+    saved = run_ranks(2, _async_save_worker, src, path)[0]
+    loaded, resumed = run_ranks(w2, _load_worker, dst, path)[0]
+    _assert_same(loaded, saved, exact=True, what="loaded vs state at the async save call")
+    _assert_same(resumed, reference, exact=False, what="resumed vs uninterrupted")
+
+
 def test_renamed_or_reshaped_parameter_and_wrong_optimizer_are_named(tmp_path) -> None:
     model, optim = build(Setup("single"), 0, 1)
     train(model, optim, 0, 1, range(1))

@@ -22,9 +22,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from .errors import CheckpointError, CommitConflictError
-from .leases import Lease
+from .leases import Lease, process_alive
 from .metadata import METADATA_FILE, CheckpointMetadata
 from .storage import Storage
+from .storage.base import temp_file_owner
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +117,22 @@ def collect_data_garbage(storage: Storage, keep: set[str], force: bool = False,
         if folder in referenced:
             continue
         lease = Lease.read(storage, f"{DATA_DIR}/{folder}/{SAVE_LEASE}")
-        if lease is None and not force or lease is not None and not lease.is_stale(stale_s):
+        if lease is not None and not lease.is_stale(stale_s):
+            continue
+        if lease is None and not force and not left_by_dead_writers(storage.list(f"{DATA_DIR}/{folder}")):
             continue
         storage.delete_prefix(f"{DATA_DIR}/{folder}")
         removed.append(folder)
     if removed:
         log.info("removed the data of %d dead save(s) under %s: %s", len(removed), storage.url, removed)
     return removed
+
+
+def left_by_dead_writers(names: list[str]) -> bool:
+    """``names`` are only temporary files (of a lease or claim) whose writers, on this host, died
+    before they could publish them."""
+    owners = [temp_file_owner(name) for name in names]
+    return bool(names) and all(pid is not None and not process_alive(pid, "") for pid in owners)
 
 
 @contextmanager

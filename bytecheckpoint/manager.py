@@ -31,7 +31,8 @@ from typing import Any
 from . import api
 from .async_save import AsyncSave, wait_for_pending_save
 from .collectives import DEFAULT_TIMEOUT_S, Communicator
-from .errors import CheckpointChangedError, CheckpointExistsError, IncompleteCheckpointError
+from .commit import left_by_dead_writers
+from .errors import CheckpointChangedError, CheckpointExistsError, IncompleteCheckpointError, StorageError
 from .leases import Lease
 from .loader import LoadSummary
 from .metadata import METADATA_FILE
@@ -181,17 +182,22 @@ class CheckpointManager:
         try:
             if target.exists(METADATA_FILE):
                 return
-            target.delete_prefix("")
+            _remove_step_files(target)
         except Exception as exc:  # noqa: BLE001 - keep the save's own error
             log.warning("could not clean up the failed save of step %d under %s: %s", step, self.url, exc)
 
     # -- retention and garbage ------------------------------------------------------------------
 
     def delete(self, step: int) -> None:
-        """Delete ``step``'s checkpoint: metadata first (it stops being complete), then the rest."""
+        """Delete ``step``'s checkpoint: a stale claim first (so a deletion cut short leaves garbage
+        that garbage collection removes), then the metadata (it stops being complete), then the rest."""
         target = self.checkpoint(step)
+        try:
+            target.commit(LOCK_FILE, Lease("deleted", 0, "", 0.0).encode())  # taken at time 0: stale
+        except StorageError as exc:  # another process is deleting the step too (its folder went away)
+            log.debug("no stale claim for the deletion of step %d under %s: %s", step, self.url, exc)
         target.delete(METADATA_FILE)
-        target.delete_prefix("")
+        _remove_step_files(target)
 
     def apply_retention(self) -> list[int]:
         """Delete complete checkpoints beyond the newest ``keep_last``; return the deleted steps."""
@@ -205,21 +211,26 @@ class CheckpointManager:
         return doomed
 
     def collect_garbage(self, force: bool = False) -> list[int]:
-        """Delete incomplete steps whose save is dead (claim stale or missing); return those steps.
+        """Delete incomplete steps whose save is dead (claim stale); return those steps.
 
         A step being saved by a live process is left alone, and so is a claim from another host
-        younger than ``stale_lock_s``. ``force=True`` deletes every incomplete step: call it when a
-        job (re)starts on other hosts and knows that no other save of this run is in progress.
+        younger than ``stale_lock_s``, and a step without a claim (a save is creating it, or an older
+        version left it). ``force=True`` deletes every incomplete step: call it when a job
+        (re)starts on other hosts and knows that no other save of this run is in progress.
         """
         removed = []
         for step in self.incomplete_steps():
             target = self.checkpoint(step)
             claim = Lease.read(target, LOCK_FILE)
-            if not force and claim is not None and not claim.is_stale(self.stale_lock_s):
+            if claim is not None and not claim.is_stale(self.stale_lock_s) and not force:
+                continue
+            # no claim: a save is creating it right now (or an older version left the step); only
+            # ``force`` removes such a step, or one that holds nothing but a dead process's temp files
+            if claim is None and not force and not left_by_dead_writers(target.list()):
                 continue
             if target.exists(METADATA_FILE):  # committed meanwhile
                 continue
-            target.delete_prefix("")
+            _remove_step_files(target)
             removed.append(step)
         if removed:
             log.info("removed abandoned incomplete step(s) %s under %s", removed, self.url)
@@ -257,3 +268,13 @@ class CheckpointManager:
                 log.warning("step %d under %s changed while it was read (%s); restoring the latest again",
                             chosen, self.url, exc)
         raise AssertionError("unreachable")
+
+
+def _remove_step_files(target: Storage) -> None:
+    """Delete a step's files, its claim last: an interrupted removal still has the claim that
+    marks the rest as garbage."""
+    for name in target.list():
+        if name != LOCK_FILE:
+            target.delete(name)
+    target.delete(LOCK_FILE)
+    target.delete_prefix("")  # what is left: empty folders on local disk

@@ -130,9 +130,12 @@ def merge_values(specs: dict[Path, TensorSpec], rank_values: list[tuple[tuple[Pa
                 raise PlanError(f"{fqn_of(path)!r} is a tensor on some ranks and a plain value on others")
             values.setdefault(path, encoded)
     tensor_prefixes = {path[:i] for path in specs for i in range(1, len(path))}
+    value_prefixes = {path[:i] for path in values for i in range(1, len(path))}
     for path in values:
         if path in tensor_prefixes:
             raise PlanError(f"{fqn_of(path)!r} is a plain value on some ranks but holds tensors on others")
+        if path in value_prefixes:  # e.g. a plain value on one rank, a RankLocal (path + rank) on another
+            raise PlanError(f"{fqn_of(path)!r} is a plain value on some ranks but holds other values on others")
     return values
 
 

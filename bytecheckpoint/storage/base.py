@@ -12,6 +12,9 @@ stronger ones. Capability flags say what a backend guarantees (see docs/FORMAT.m
 
 from __future__ import annotations
 
+import os
+import re
+import uuid
 from abc import ABC, abstractmethod
 from typing import BinaryIO, Protocol
 
@@ -98,6 +101,21 @@ class Storage(ABC):
     def describe(self, name: str) -> str:
         """A human-readable location of ``name`` for error messages."""
         return f"{self.url.rstrip('/')}/{name}"
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<final>.+)\.tmp-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def temp_name(final: str) -> str:
+    """The name of a temporary file that becomes ``final`` (a rename or link), owned by this process."""
+    return f".{final}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def temp_file_owner(name: str) -> int | None:
+    """The process id that made the temporary file ``name`` (its last path component), or None if
+    ``name`` is not one of our temporary files."""
+    match = _TEMP_NAME.match(name.rsplit("/", 1)[-1])
+    return int(match.group("pid")) if match else None
 
 
 def join_name(prefix: str, name: str) -> str:

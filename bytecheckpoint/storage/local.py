@@ -12,13 +12,12 @@ import errno
 import os
 import shutil
 import stat
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..errors import StorageError, UnsafeFileError
-from .base import DataWriter, Storage, read_fully
+from .base import DataWriter, Storage, read_fully, temp_name
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -144,7 +143,11 @@ class LocalStorage(Storage):
             return []
         if base.is_file():
             return [prefix]
-        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
+        names = []
+        for dirpath, _, files in os.walk(base):  # a folder removed while walking is skipped, not an error
+            rel = Path(dirpath).relative_to(self.root)
+            names += [(rel / f).as_posix() for f in files if (Path(dirpath) / f).is_file()]
+        return sorted(names)
 
     def list_dirs(self, prefix: str = "") -> list[str]:
         base = self._path(prefix) if prefix else self.root
@@ -211,7 +214,7 @@ class LocalStorage(Storage):
 
     def _durable_temp(self, path: Path, data: bytes) -> Path:
         """``data`` in a fresh temporary file beside ``path`` (fsync'd if configured)."""
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp = path.with_name(temp_name(path.name))
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with open(tmp, "wb") as f:

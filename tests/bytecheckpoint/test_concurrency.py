@@ -60,27 +60,40 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
 
 
-def _writer(path: str, first_id: int, stop_at: float, results: mp.Queue, env: dict[str, str]) -> None:
+def _writer(path: str, first_id: int, stop_at: float, results: mp.Queue, env: dict[str, str],
+            manager: bool = False) -> None:
+    """Save ids ``first_id``, ``first_id + 1``, ... until ``stop_at``: to ``path``, or as steps of a
+    CheckpointManager rooted there (keeping the last 3)."""
     os.environ.update(env)
     torch.set_num_threads(1)
+    mgr = bcp.CheckpointManager(path, keep_last=3) if manager else None
     for i in range(MAX_SAVES):
         if time.monotonic() > stop_at:
             return
         ident = first_id + i
         try:
-            bcp.save(path, state_for(ident), timeout=60)
+            if mgr is not None:
+                mgr.save(ident, state_for(ident), timeout=60)
+            else:
+                bcp.save(path, state_for(ident), timeout=60)
             results.put(("saved", ident, ""))
         except Exception as exc:  # noqa: BLE001 - reported to the test
             results.put(("save-error", ident, f"{type(exc).__name__}: {exc}"))
 
 
-def _reader(path: str, stop_at: float, results: mp.Queue, env: dict[str, str]) -> None:
+def _reader(path: str, stop_at: float, results: mp.Queue, env: dict[str, str], manager: bool = False) -> None:
+    """Load ``path`` (or restore the latest step of a manager rooted there) until ``stop_at``."""
     os.environ.update(env)
     torch.set_num_threads(1)
+    mgr = bcp.CheckpointManager(path) if manager else None
     while time.monotonic() < stop_at:
         target = blank()
         try:
-            bcp.load(path, target, timeout=60)
+            if mgr is not None:
+                step = mgr.restore(target, timeout=60)
+                assert whole(target) == step, (whole(target), step)
+            else:
+                bcp.load(path, target, timeout=60)
             results.put(("loaded", whole(target), ""))
         except bcp.IncompleteCheckpointError:
             results.put(("not-yet", -1, ""))
@@ -102,12 +115,13 @@ def _drain(results: mp.Queue) -> list[tuple[str, int, str]]:
 
 
 def _run_writers_and_readers(path: str, writers: int, readers: int, seconds: float,
-                             kills: int, seed: int) -> list[tuple[str, int, str]]:
+                             kills: int, seed: int, manager: bool = False) -> list[tuple[str, int, str]]:
     rng = random.Random(seed)
     results: mp.Queue = _ctx.Queue()
     stop_at = time.monotonic() + seconds + 5  # processes take a few seconds to start
-    procs = [_ctx.Process(target=_writer, args=(path, 1000 * (w + 1), stop_at, results, _env())) for w in range(writers)]
-    procs += [_ctx.Process(target=_reader, args=(path, stop_at, results, _env())) for _ in range(readers)]
+    procs = [_ctx.Process(target=_writer, args=(path, 1000 * (w + 1), stop_at, results, _env(), manager))
+             for w in range(writers)]
+    procs += [_ctx.Process(target=_reader, args=(path, stop_at, results, _env(), manager)) for _ in range(readers)]
     for p in procs:
         p.start()
     events: list[tuple[str, int, str]] = []
@@ -155,7 +169,8 @@ def _check(events: list[tuple[str, int, str]], path: str, writers: int) -> None:
     bcp.verify(path)
     storage = resolve_storage(path)
     referenced = {name.split("/")[1] for name in read_metadata(storage).data_files}
-    assert storage.list_dirs("data") == sorted(referenced), "dead saves' data was left behind"
+    left = {name.split("/")[1] for name in storage.list("data")}  # folders that hold any file
+    assert left == referenced, "dead saves' data was left behind"
     assert not storage.exists(COMMIT_LOCK)
 
 
@@ -172,6 +187,29 @@ def test_many_writers_and_readers_on_one_s3_path_with_kills(moto_server) -> None
     path = f"s3://{BUCKET}/concurrency-{uuid.uuid4().hex[:8]}"
     events = _run_writers_and_readers(path, writers=3, readers=2, seconds=10, kills=1, seed=7)
     _check(events, path, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_many_writers_and_restorers_under_one_manager_root_with_kills(tmp_path, backend, request) -> None:
+    if backend == "s3":
+        request.getfixturevalue("moto_server")
+        root = f"s3://{BUCKET}/manager-{uuid.uuid4().hex[:8]}"
+    else:
+        root = str(tmp_path / "run")
+    events = _run_writers_and_readers(root, writers=3, readers=2, seconds=8, kills=1, seed=3,
+                                      manager=True)
+    errors = [e for e in events if e[0] in ("load-error", "save-error")]
+    assert not errors, errors[:5]
+    assert any(e[0] == "saved" for e in events) and any(e[0] == "loaded" for e in events)
+    mgr = bcp.CheckpointManager(root, keep_last=3)
+    mgr.save(999_999, state_for(999_999))  # quiet now: the newest step wins
+    target = blank()
+    assert mgr.restore(target) == 999_999 and whole(target) == 999_999
+    assert len(mgr.steps()) <= 3  # retention held
+    assert mgr.incomplete_steps() == []  # the killed writer's claimed step was collected
+    for step in mgr.steps():
+        bcp.verify(mgr.checkpoint(step))
 
 
 # -- the user's finding: two saves to one path at the same time ------------------------------------

@@ -7,7 +7,7 @@ import torch
 
 from bytecheckpoint.errors import PlanError
 from bytecheckpoint.planner import global_save_plan, local_save_plan
-from bytecheckpoint.state import flatten_state
+from bytecheckpoint.state import ValueItem, flatten_state
 
 
 def plan_of(state: dict):
@@ -31,3 +31,10 @@ def test_value_on_one_rank_and_tensors_under_it_on_another_is_an_error() -> None
 def test_plain_values_come_from_the_lowest_rank_that_has_them() -> None:
     plan = global_save_plan([plan_of({"a": 1}), plan_of({"a": 2, "b": 3})])
     assert plan.values == {("a",): 1, ("b",): 3}
+
+
+def test_a_plain_value_on_one_rank_and_a_rank_local_one_on_another_is_an_error() -> None:
+    plain = local_save_plan([], [ValueItem(("cfg",), 1)], allow_pickle=False, rank=0)
+    per_rank = local_save_plan([], [ValueItem(("cfg",), 2, rank_local=True)], allow_pickle=False, rank=1)
+    with pytest.raises(PlanError, match="'cfg' is a plain value on some ranks but holds other values"):
+        global_save_plan([plain, per_rank])

@@ -215,17 +215,24 @@ class LocalStorage(Storage):
     def _durable_temp(self, path: Path, data: bytes) -> Path:
         """``data`` in a fresh temporary file beside ``path`` (fsync'd if configured)."""
         tmp = path.with_name(temp_name(path.name))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                if self.fsync:
-                    os.fsync(f.fileno())
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
-        return tmp
+        for attempt in range(3):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    if self.fsync:
+                        os.fsync(f.fileno())
+                return tmp
+            except FileNotFoundError:
+                # the folder was removed between mkdir and open: garbage collection removes
+                # folders that hold no file (docs/FORMAT.md); make it again
+                if attempt == 2:
+                    raise
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                raise
+        raise AssertionError("unreachable")
 
 
 class _LocalWriter:

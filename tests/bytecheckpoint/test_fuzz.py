@@ -38,9 +38,11 @@ def test_corpus_is_not_empty() -> None:
 
 @pytest.mark.timeout(180)
 def test_short_fuzz_run(tmp_path: Path) -> None:
-    """A random seed each run (in the failure message; BCP_FUZZ_SEED repeats one), in a child process
-    under a memory limit; failing cases are saved under tmp_path for replay."""
-    seed = int(os.environ.get("BCP_FUZZ_SEED", str(int.from_bytes(os.urandom(2), "little"))))
+    """Seed 0 by default, so CI is repeatable (BCP_FUZZ_SEED=random draws one, BCP_FUZZ_SEED=N repeats
+    one; the long run explores), in a child process under a memory limit; failing cases are saved
+    under tmp_path for replay."""
+    chosen = os.environ.get("BCP_FUZZ_SEED", "0")
+    seed = int.from_bytes(os.urandom(2), "little") if chosen == "random" else int(chosen)
     out = subprocess.run(
         [sys.executable, "-m", "tests.bytecheckpoint.fuzzing", "--seconds", str(SHORT_RUN_S), "--seed", str(seed),
          "--max-memory-gib", "4", "--save", str(tmp_path / "crashers")],

@@ -129,10 +129,11 @@ def collect_data_garbage(storage: Storage, keep: set[str], force: bool = False,
 
 
 def left_by_dead_writers(names: list[str]) -> bool:
-    """``names`` (a folder's files) are none at all (an empty folder on local disk), or only
-    temporary files of a lease or claim whose writers, on this host, died before publishing them."""
+    """``names`` (a folder's files) are only temporary files of a lease or claim whose writers, on
+    this host, died before publishing them. An empty folder is not garbage: a save may have just
+    made it and be about to write its first file."""
     owners = [temp_file_owner(name) for name in names]
-    return all(pid is not None and not process_alive(pid, "") for pid in owners)
+    return bool(names) and all(pid is not None and not process_alive(pid, "") for pid in owners)
 
 
 @contextmanager

@@ -120,9 +120,10 @@ class CheckpointManager:
         return steps[-1] if steps else None
 
     def incomplete_steps(self) -> list[int]:
-        """Steps with a directory but no committed metadata (being saved now, or abandoned)."""
+        """Steps that hold files but no committed metadata (being saved now, or abandoned). An
+        empty step folder (local disk) holds nothing and is not listed: a save may have just made it."""
         return sorted(s for s, name in self._step_dirs().items()
-                      if not self.storage.child(name).exists(METADATA_FILE))
+                      if not self.storage.child(name).exists(METADATA_FILE) and self.storage.child(name).list())
 
     # -- save -----------------------------------------------------------------------------------
 

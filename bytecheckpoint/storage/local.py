@@ -196,21 +196,27 @@ class LocalStorage(Storage):
         """Write a temporary file, then hard-link it to ``name``: link(2) fails if ``name`` exists,
         and a reader never sees the file without its content (as with O_EXCL then write)."""
         path = self._path(name)
-        tmp = None
-        try:
-            tmp = self._durable_temp(path, data)
+        for attempt in range(3):
+            tmp = None
             try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-            if self.fsync:
-                _fsync_dir(path.parent)
-        except OSError as exc:
-            raise StorageError(f"cannot create {path}: {exc.strerror or exc}") from exc
-        finally:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-        return True
+                tmp = self._durable_temp(path, data)
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    return False
+                if self.fsync:
+                    _fsync_dir(path.parent)
+                return True
+            except FileNotFoundError as exc:
+                # garbage collection removed the (then empty) folder under us: start again
+                if attempt == 2:
+                    raise StorageError(f"cannot create {path}: {exc.strerror or exc}") from exc
+            except OSError as exc:
+                raise StorageError(f"cannot create {path}: {exc.strerror or exc}") from exc
+            finally:
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)
+        raise AssertionError("unreachable")
 
     def _durable_temp(self, path: Path, data: bytes) -> Path:
         """``data`` in a fresh temporary file beside ``path`` (fsync'd if configured)."""

@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 S3RVER_VERSION := 3.7.1
 S3RVER := .s3rver/node_modules/s3rver/package.json
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo demo-megatron test lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ $(S3RVER):
 
 demo: setup
 	$(PY) tools/demo.py
+
+# a Megatron-Core GPT saved at TP2 x PP2, resumed at TP1 x DP4 and TP4 (needs the dev extra's megatron-core)
+demo-megatron: setup
+	$(PY) tools/demo_megatron.py
 
 test: setup $(S3RVER)
 	$(PY) -m pytest $(PYTEST_ARGS)

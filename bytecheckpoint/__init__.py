@@ -36,10 +36,12 @@ from .errors import (
     UnsupportedValueError,
     UnsupportedVersionError,
 )
+from .events import EventLog, enable_event_log
 from .loader import LoadSummary, VerifyReport
 from .manager import CheckpointManager
 from .saver import SaveSummary
-from .shards import FlatShard, RankLocal, ShardedTensor
+from .shards import FlatShard, RankLocal, ShardedPieces, ShardedTensor
+from .telemetry import CheckpointMetrics, enable_metrics, serve_metrics
 
 __all__ = [
     "AllocationError",
@@ -48,11 +50,13 @@ __all__ = [
     "CheckpointError",
     "CheckpointExistsError",
     "CheckpointManager",
+    "CheckpointMetrics",
     "ChecksumMismatchError",
     "CommitConflictError",
     "CorruptCheckpointError",
     "DistributedCheckpointError",
     "DtypeMismatchError",
+    "EventLog",
     "FlatShard",
     "IncompleteCheckpointError",
     "LoadSummary",
@@ -64,6 +68,7 @@ __all__ = [
     "RankLocal",
     "SaveSummary",
     "ShapeMismatchError",
+    "ShardedPieces",
     "ShardedTensor",
     "StateMismatchError",
     "StorageError",
@@ -74,8 +79,11 @@ __all__ = [
     "UnsupportedVersionError",
     "VerifyReport",
     "__version__",
+    "enable_event_log",
+    "enable_metrics",
     "load",
     "load_full",
     "save",
+    "serve_metrics",
     "verify",
 ]

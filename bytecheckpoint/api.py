@@ -27,7 +27,8 @@ def save(
     :class:`ShardedTensor`, :class:`FlatShard`, or plain Python data (taken from the lowest rank
     that has it). Options: ``fsync``, ``block_size``, ``layout``, ``timeout`` (seconds for the
     ranks' collectives), ``process_group``, ``allow_pickle``, ``storage_options`` (keyword
-    arguments for the storage backend). The checkpoint becomes visible only
+    arguments for the storage backend), ``step`` (the training step, for events and metrics:
+    docs/metrics.md). The checkpoint becomes visible only
     when its metadata is committed, after every rank has written its data.
 
     ``async_save=True`` returns an :class:`AsyncSave` as soon as this rank's share is copied to
@@ -62,7 +63,7 @@ def load(
     Tensors are filled in place; plain values (and tensors asked for with a non-tensor
     placeholder such as None) are put into the dict. ``strict`` makes missing and unexpected keys
     errors; shape and dtype mismatches always are. Options: ``timeout``, ``process_group``,
-    ``allow_pickle``, ``read_threads``, ``storage_options``. Call it on every rank.
+    ``allow_pickle``, ``read_threads``, ``storage_options``, ``step``. Call it on every rank.
     """
     adapter = resolve_framework(framework)
     opts = LoadOptions.from_kwargs("load", options)

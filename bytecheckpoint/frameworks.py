@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from .errors import CheckpointError
 from .metadata import CheckpointMetadata, Path, TensorEntry
+from .stateful import StatefulAdapter
 from .values import decode_value
 
 # name -> (module, class, what to install if the import fails)
@@ -21,6 +22,7 @@ ADAPTERS: dict[str, tuple[str, str, str]] = {
     "ddp": ("integrations.torch_frameworks", "DDPAdapter", "torch"),
     "fsdp": ("integrations.torch_frameworks", "FSDP1Adapter", "torch"),
     "fsdp2": ("integrations.torch_frameworks", "FSDP2Adapter", "torch"),
+    "megatron": ("integrations.megatron.adapter", "MegatronAdapter", "megatron-core==0.16.1 (the [megatron] extra)"),
 }
 
 
@@ -69,9 +71,10 @@ class FrameworkAdapter(Protocol):
         """Apply what the core loaded into ``targets`` to the framework's objects."""
 
 
-def resolve_framework(name: str | None) -> FrameworkAdapter | None:
+def resolve_framework(name: str | None) -> FrameworkAdapter:
+    """The adapter for ``name``; None saves the state as it is, with Stateful objects as their state dict."""
     if name is None:
-        return None
+        return StatefulAdapter()
     if name not in ADAPTERS:
         raise ValueError(f"framework={name!r} is not known; known frameworks: {sorted(ADAPTERS)} or None")
     module_name, class_name, install = ADAPTERS[name]

@@ -8,6 +8,7 @@ A failure on any rank raises the same error on every rank.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,14 @@ from .async_save import wait_for_pending_save
 from .boxes import ShardBox
 from .checksums import hash_block
 from .collectives import Communicator
+from .dcp_format import (
+    DCP_METADATA_FILE,
+    NO_CHECKSUMS_NOTE,
+    check_dcp_chunks,
+    is_dcp,
+    read_dcp_chunks,
+    read_dcp_metadata,
+)
 from .dtypes import dtype_name, torch_dtype
 from .errors import (
     CheckpointChangedError,
@@ -30,14 +39,22 @@ from .errors import (
     MissingDataFileError,
     MissingKeyError,
     ShapeMismatchError,
-    TruncatedDataError,
     UnexpectedKeyError,
     UnsafeFileError,
 )
+from .events import OperationEvents
 from .frameworks import FrameworkAdapter, SavedCheckpoint
 from .metadata import METADATA_FILE, CheckpointMetadata, Path, TensorEntry, fqn_of
 from .options import LoadOptions
-from .reader import CopyItem, allocate, check_chunk_bytes, execute_copies, plan_copies
+from .reader import (
+    READ_THREADS,
+    CopyItem,
+    allocate,
+    check_chunk_bytes,
+    execute_copies,
+    plan_copies,
+    truncation_error,
+)
 from .shared_reads import SharePlan, chunk_needs, exchange_shared, plan_sharing
 from .state import TensorPiece, flatten_state
 from .storage import Storage
@@ -62,19 +79,28 @@ class LoadSummary:
         return sum(self.phase_seconds.values())
 
 
-def read_metadata(storage: Storage) -> CheckpointMetadata:
-    """The committed metadata of a checkpoint; IncompleteCheckpointError if there is none."""
-    return CheckpointMetadata.from_json(_read_metadata_bytes(storage), storage.describe(METADATA_FILE))
+def read_metadata(storage: Storage, allow_pickle: bool = False) -> CheckpointMetadata:
+    """The committed metadata of a checkpoint, ours or a PyTorch DCP one (see dcp_format.py);
+    IncompleteCheckpointError if there is none. ``allow_pickle`` unpickles DCP metadata fully."""
+    return _parse_metadata(storage, _read_metadata_bytes(storage), allow_pickle)
 
 
-def _read_metadata_bytes(storage: Storage) -> bytes:
-    try:
-        return storage.read(METADATA_FILE)
-    except FileNotFoundError:
+def _read_metadata_bytes(storage: Storage) -> tuple[str, bytes]:
+    """The name and bytes of the committed metadata file: ours, else DCP's ``.metadata``."""
+    committed = _read_if_committed(storage)
+    if committed is None:
         raise IncompleteCheckpointError(
             f"{storage.describe(METADATA_FILE)} not found: {storage.url} is not a committed checkpoint "
-            "(the save never finished, or the path is wrong)"
-        ) from None
+            f"(the save never finished, or the path is wrong; a DCP checkpoint has {DCP_METADATA_FILE})"
+        )
+    return committed
+
+
+def _parse_metadata(storage: Storage, committed: tuple[str, bytes], allow_pickle: bool) -> CheckpointMetadata:
+    name, raw = committed
+    if name == DCP_METADATA_FILE:
+        return read_dcp_metadata(storage, raw, allow_pickle)
+    return CheckpointMetadata.from_json(raw, storage.describe(name))
 
 
 def run_load(
@@ -86,17 +112,29 @@ def run_load(
     MissingDataFileError (corruption)."""
     wait_for_pending_save()
     comm = Communicator(opts.process_group, opts.timeout)
+    events = OperationEvents("load", storage.url, comm.rank, opts.step)
+    try:
+        summary = _run_load(storage, state, strict, opts, adapter, comm, events)
+    except BaseException as exc:
+        events.finish(exc)
+        raise
+    events.finish()
+    return summary
+
+
+def _run_load(storage: Storage, state: dict, strict: bool, opts: LoadOptions,
+              adapter: FrameworkAdapter | None, comm: Communicator, events: OperationEvents) -> LoadSummary:
     timings: dict[str, float] = {}
-    start = time.perf_counter()
-    raw = comm.from_coordinator("load metadata", lambda: _read_metadata_bytes(storage))
-    timings["metadata"] = time.perf_counter() - start
+    with events.timed("metadata", timings):
+        raw = comm.from_coordinator("load metadata", lambda: _read_metadata_bytes(storage))
     start = time.perf_counter()
     for attempt in range(2):
-        metadata = CheckpointMetadata.from_json(raw, storage.describe(METADATA_FILE))
+        metadata = _parse_metadata(storage, raw, opts.allow_pickle)
         work = _LoadWork(storage, state, strict, opts, adapter, metadata, comm)
         try:
             needs = comm.phase("load planning", work.plan)
-            share = plan_sharing(needs) if comm.distributed and opts.share_reads else SharePlan({})
+            sharing = comm.distributed and opts.share_reads and not is_dcp(metadata)  # DCP chunks are blobs
+            share = plan_sharing(needs) if sharing else SharePlan({})
             read = comm.phase("load", lambda w=work, s=share: w.read(s))
             break
         except MissingDataFileError as exc:
@@ -112,6 +150,7 @@ def run_load(
             log.warning("%s was replaced by another save while it was being loaded; loading the new one", storage.url)
             raw = now
     timings["read"] = time.perf_counter() - start
+    events.phase("read", timings["read"], read[comm.rank])
     return LoadSummary(storage.url, comm.rank, comm.world_size, read[comm.rank], timings)
 
 
@@ -138,7 +177,7 @@ class _LoadWork:
         shared = [i for i in self.items if share.is_shared(i)]
         nbytes, failure = 0, None
         try:
-            nbytes = execute_copies(self.storage, own, self.metadata.block_size, self.opts.read_threads)
+            nbytes = _execute(self.storage, self.metadata, own, self.opts.read_threads)
         except Exception as exc:  # noqa: BLE001 - the exchange below must still run on every rank
             failure = exc
         if share.readers:
@@ -155,11 +194,20 @@ class _LoadWork:
         return nbytes
 
 
-def _read_if_committed(storage: Storage) -> bytes | None:
-    try:
-        return storage.read(METADATA_FILE)
-    except FileNotFoundError:
-        return None
+def _read_if_committed(storage: Storage) -> tuple[str, bytes] | None:
+    for name in (METADATA_FILE, DCP_METADATA_FILE):
+        try:
+            return name, storage.read(name)
+        except FileNotFoundError:
+            continue
+    return None
+
+
+def _execute(storage: Storage, metadata: CheckpointMetadata, items: list[CopyItem], threads: int) -> int:
+    """Read, check and copy ``items`` from the checkpoint's data files; the bytes read."""
+    if is_dcp(metadata):
+        return read_dcp_chunks(storage, items, threads)
+    return execute_copies(storage, items, metadata.block_size, threads)
 
 
 def match_state(
@@ -171,12 +219,19 @@ def match_state(
     saved = {t.path: t for t in metadata.tensors}
     saved_values = {v.path: v for v in metadata.values}
     per_rank = _rank_local_paths(saved_values, [v.path for v in values if v.rank_local])
+    nested = _values_under(saved_values, [v.path for v in values if not v.rank_local and v.path not in saved_values
+                                          and v.path not in saved])
     missing = [t.fqn for t in tensors if t.path not in saved]
-    missing += [v.fqn for v in values if v.path not in saved_values and v.path not in saved and not per_rank.get(v.path)]
+    missing += [v.fqn for v in values if v.path not in saved_values and v.path not in saved
+                and not per_rank.get(v.path) and not nested.get(v.path)]
     wanted = {t.path for t in tensors} | {v.path for v in values} | {p for ps in per_rank.values() for p in ps}
+    wanted |= {p for ps in nested.values() for p in ps}
     unexpected = [fqn_of(p) for p in (*saved, *saved_values) if p not in wanted]
     if strict and missing:
-        raise MissingKeyError(f"checkpoint has no entry for key(s) {_names(missing)} (strict load)")
+        raise MissingKeyError(
+            f"checkpoint has no entry for key(s) {_names(missing)} (strict load); "
+            + _nearest(missing[0], [fqn_of(p) for p in (*saved, *saved_values)])
+        )
     if strict and unexpected:
         raise UnexpectedKeyError(
             f"checkpoint has key(s) {_names(unexpected)} that the target state does not ask for "
@@ -207,6 +262,10 @@ def match_state(
             whole, pieces = _whole_tensor(saved[v.path])
             items += plan_copies(saved[v.path], pieces)
             out[v.path] = whole
+        elif nested.get(v.path):  # a placeholder above values saved one by one (as DCP saves dicts)
+            out[v.path] = {}
+            for p in nested[v.path]:
+                _insert(out[v.path], p[len(v.path):], decode_value(saved_values[p].encoded, fqn_of(p), allow_pickle))
     return items, out
 
 
@@ -218,6 +277,20 @@ def _rank_local_paths(saved_values: dict[Path, Any], prefixes: list[Path]) -> di
         if path[:-1] in wanted and isinstance(path[-1], int):
             out[path[:-1]].append(path)
     return {k: sorted(v, key=lambda p: p[-1]) for k, v in out.items()}
+
+
+def _values_under(saved_values: dict[Path, Any], prefixes: list[Path]) -> dict[Path, list[Path]]:
+    """For each placeholder path that was not saved, the saved plain values below it."""
+    if not prefixes:
+        return {}
+    wanted = set(prefixes)
+    out: dict[Path, list[Path]] = {p: [] for p in prefixes}
+    for path in saved_values:
+        for i in range(1, len(path)):
+            if path[:i] in wanted:
+                out[path[:i]].append(path)
+                break
+    return out
 
 
 def _whole_tensor(entry: TensorEntry) -> tuple[torch.Tensor, list[TensorPiece]]:
@@ -233,6 +306,14 @@ def _assign(state: dict, path: Path, value: Any) -> None:
     node[path[-1]] = value
 
 
+def _nearest(name: str, saved: list[str]) -> str:
+    """The saved keys most like ``name`` (or the first few), for a missing-key error."""
+    close = difflib.get_close_matches(name, saved, n=5, cutoff=0.5)
+    if close:
+        return f"nearest saved key(s) to {name!r}: {_names(close)}"
+    return f"saved keys: {_names(sorted(saved))}" if saved else "the checkpoint holds no keys"
+
+
 def _names(names: list[str]) -> str:
     shown = ", ".join(repr(n) for n in names[:_LISTED])
     return shown + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
@@ -245,7 +326,7 @@ def load_full_state(storage: Storage, allow_pickle: bool) -> dict:
     sizes are bounded), the values, and the data files (each is a regular file holding every byte
     range the metadata points into, and no two chunks share bytes), so the memory taken is at most
     the size of the data files."""
-    metadata = read_metadata(storage)
+    metadata = read_metadata(storage, allow_pickle)
     values = [(v.path, decode_value(v.encoded, v.fqn, allow_pickle)) for v in metadata.values]
     check_chunk_bytes(storage, metadata.tensors)
     out: dict = {}
@@ -256,8 +337,18 @@ def load_full_state(storage: Storage, allow_pickle: bool) -> dict:
         _insert(out, entry.path, whole)
     for path, value in values:
         _insert(out, path, value)
-    execute_copies(storage, items, metadata.block_size)
+    _execute(storage, metadata, items, READ_THREADS)
     return out
+
+
+def read_box(storage: Storage, metadata: CheckpointMetadata, entry: TensorEntry, box: ShardBox | None = None
+             ) -> tuple[torch.Tensor, int]:
+    """The ``box`` (default: all) of one tensor of the checkpoint, read and checked as a load does, and
+    the bytes read. For tools that go tensor by tensor (diff, offline reshard)."""
+    box = box or ShardBox.whole(entry.shape)
+    out = allocate(box.lengths, torch_dtype(entry.dtype), f"box {box} of tensor {entry.fqn!r}")
+    nbytes = _execute(storage, metadata, plan_copies(entry, [TensorPiece(box, out)]), READ_THREADS)
+    return out, nbytes
 
 
 def _insert(root: dict, path: Path, value: Any) -> None:
@@ -273,11 +364,14 @@ def _insert(root: dict, path: Path, value: Any) -> None:
 
 @dataclass(frozen=True)
 class VerifyReport:
+    """What verify checked; ``note`` says what it could not (a DCP checkpoint has no checksums)."""
+
     path: str
     tensors: int
     chunks: int
     bytes_verified: int
     data_files: list[str]
+    note: str = ""
 
 
 def verify_checkpoint(storage: Storage) -> VerifyReport:
@@ -286,7 +380,24 @@ def verify_checkpoint(storage: Storage) -> VerifyReport:
     Raises CorruptCheckpointError (a ChecksumMismatchError or TruncatedDataError where all problems
     are of one kind) listing every damaged chunk by file, tensor and byte range.
     """
+    report, problems = find_damage(storage)
+    if problems:  # the most specific error class that all problems share
+        cls = next(c for c in type(problems[0]).__mro__ if all(isinstance(p, c) for p in problems))
+        shown = "\n  ".join(str(p) for p in problems[:_LISTED])
+        more = f"\n  ... and {len(problems) - _LISTED} more" if len(problems) > _LISTED else ""
+        raise cls(f"{storage.url}: {len(problems)} damaged chunk(s):\n  {shown}{more}")
+    return report
+
+
+def find_damage(storage: Storage) -> tuple[VerifyReport, list[CorruptCheckpointError]]:
+    """What ``verify_checkpoint`` checks, returned instead of raised: the report (bytes that could be
+    read) and one error per damaged chunk. Errors reading the metadata are raised."""
     metadata = read_metadata(storage)
+    chunks = sum(len(t.chunks) for t in metadata.tensors)
+    if is_dcp(metadata):
+        nbytes, damaged = check_dcp_chunks(storage, metadata)
+        report = VerifyReport(storage.url, len(metadata.tensors), chunks, nbytes, metadata.data_files, NO_CHECKSUMS_NOTE)
+        return report, damaged
     problems: list[CorruptCheckpointError] = []
     largest = max((c.location.length for t in metadata.tensors for c in t.chunks), default=0)
     block = allocate(min(metadata.block_size, largest), torch.uint8, "a checksum block buffer")
@@ -309,21 +420,14 @@ def verify_checkpoint(storage: Storage) -> VerifyReport:
                     break
                 nbytes += got
                 if got < want:
-                    problems.append(TruncatedDataError(
-                        f"{where}: truncated at byte {loc.offset + start + got}; tensor {entry.fqn!r} needs "
-                        f"bytes up to {loc.offset + loc.length}"
-                    ))
+                    problems.append(truncation_error(storage, loc.file, loc.offset, loc.offset + loc.length,
+                                                     [entry.fqn]))
                     break
                 if hash_block(view[:want]) != expected:
                     problems.append(ChecksumMismatchError(
                         f"{where}: checksum mismatch in tensor {entry.fqn!r} at bytes "
                         f"{loc.offset + start}-{loc.offset + start + want}"
                     ))
-    if problems:  # the most specific error class that all problems share
-        cls = next(c for c in type(problems[0]).__mro__ if all(isinstance(p, c) for p in problems))
-        shown = "\n  ".join(str(p) for p in problems[:_LISTED])
-        more = f"\n  ... and {len(problems) - _LISTED} more" if len(problems) > _LISTED else ""
-        raise cls(f"{storage.url}: {len(problems)} damaged chunk(s):\n  {shown}{more}")
     return VerifyReport(
         storage.url, len(metadata.tensors), sum(len(t.chunks) for t in metadata.tensors), nbytes, metadata.data_files
-    )
+    ), problems

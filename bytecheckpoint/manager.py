@@ -33,6 +33,7 @@ from .async_save import AsyncSave, wait_for_pending_save
 from .collectives import DEFAULT_TIMEOUT_S, Communicator
 from .commit import left_by_dead_writers
 from .errors import CheckpointChangedError, CheckpointExistsError, IncompleteCheckpointError, StorageError
+from .events import OperationEvents
 from .leases import Lease
 from .loader import LoadSummary
 from .metadata import METADATA_FILE
@@ -136,9 +137,14 @@ class CheckpointManager:
         wait_for_pending_save()
         options.setdefault("process_group", self.process_group)
         options.setdefault("timeout", self.timeout)
+        options["step"] = step  # for events and metrics
         comm = Communicator(options["process_group"], options["timeout"])
         target = self.checkpoint(step)
-        comm.from_coordinator("checkpoint claim", lambda: self._claim(step, target))
+        try:
+            comm.from_coordinator("checkpoint claim", lambda: self._claim(step, target))
+        except BaseException as exc:  # the save failed before it began: still a failed save
+            OperationEvents("save", target.url, comm.rank, step).finish(exc)
+            raise
 
         def finish(error: BaseException | None) -> None:
             if not comm.is_coordinator:
@@ -200,19 +206,23 @@ class CheckpointManager:
         target.delete(METADATA_FILE)
         _remove_step_files(target)
 
-    def apply_retention(self) -> list[int]:
-        """Delete complete checkpoints beyond the newest ``keep_last``; return the deleted steps."""
+    def apply_retention(self, dry_run: bool = False) -> list[int]:
+        """Delete complete checkpoints beyond the newest ``keep_last``; return the deleted steps
+        (with ``dry_run``, those it would delete, deleting nothing)."""
         if self.keep_last is None:
             return []
         doomed = self.steps()[: -self.keep_last]
+        if dry_run:
+            return doomed
         for step in doomed:
             self.delete(step)
         if doomed:
             log.info("retention under %s deleted step(s) %s", self.url, doomed)
         return doomed
 
-    def collect_garbage(self, force: bool = False) -> list[int]:
-        """Delete incomplete steps whose save is dead (claim stale); return those steps.
+    def collect_garbage(self, force: bool = False, dry_run: bool = False) -> list[int]:
+        """Delete incomplete steps whose save is dead (claim stale); return those steps (with
+        ``dry_run``, the steps it would delete, deleting nothing).
 
         A step being saved by a live process is left alone, and so is a claim from another host
         younger than ``stale_lock_s``, and a step without a claim (a save is creating it, or an older
@@ -231,9 +241,10 @@ class CheckpointManager:
                 continue
             if target.exists(METADATA_FILE):  # committed meanwhile
                 continue
-            _remove_step_files(target)
+            if not dry_run:
+                _remove_step_files(target)
             removed.append(step)
-        if removed:
+        if removed and not dry_run:
             log.info("removed abandoned incomplete step(s) %s under %s", removed, self.url)
         return removed
 
@@ -261,7 +272,7 @@ class CheckpointManager:
             chosen = comm.from_coordinator("checkpoint choice", choose)
             try:
                 self.last_load = api.load(self.checkpoint(chosen), state, framework=framework, strict=strict,
-                                          **options)
+                                          **{**options, "step": chosen})
                 return chosen
             except (CheckpointChangedError, IncompleteCheckpointError) as exc:
                 if step is not None or attempt == 1:

@@ -11,12 +11,14 @@ from .collectives import DEFAULT_TIMEOUT_S
 
 @dataclass(frozen=True)
 class _Options:
-    """``storage_options``: keyword arguments for the storage backend (e.g. an S3 ``part_size``)."""
+    """``storage_options``: keyword arguments for the storage backend (e.g. an S3 ``part_size``).
+    ``step``: the training step, reported in events and metrics (not stored in the checkpoint)."""
 
     timeout: float = DEFAULT_TIMEOUT_S
     process_group: Any = None
     allow_pickle: bool = False
     storage_options: dict[str, Any] = field(default_factory=dict)
+    step: int | None = None
 
     @classmethod
     def from_kwargs(cls, call: str, kwargs: dict[str, Any]):
@@ -27,6 +29,9 @@ class _Options:
         opts = cls(**kwargs)
         if opts.timeout <= 0:
             raise ValueError(f"{call}(): timeout must be > 0 seconds, got {opts.timeout}")
+        step = opts.step
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+            raise ValueError(f"{call}(): step must be a non-negative integer or None, got {opts.step!r}")
         return opts
 
 

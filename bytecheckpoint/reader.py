@@ -172,10 +172,7 @@ def _read_and_verify(storage: Storage, rng: _Range, block_size: int) -> torch.Te
     if got < len(buffer):
         short = sorted({item.entry.fqn for item, _, _ in rng.items
                         if item.chunk.location.offset + item.chunk.location.length > rng.start + got})
-        raise TruncatedDataError(
-            f"{where}: truncated: the data file ends at byte {rng.start + got}, but tensor(s) {short} "
-            f"need bytes up to {rng.end}"
-        )
+        raise truncation_error(storage, rng.file, rng.start, rng.end, short)
     raw = memoryview(buffer.numpy())
     verified: set[tuple[int, int, int]] = set()
     with torch.no_grad():
@@ -228,10 +225,8 @@ def check_chunk_bytes(storage: Storage, tensors: Sequence[TensorEntry]) -> None:
                 except UnsafeFileError as exc:
                     raise UnsafeFileError(f"{exc} (needed by tensor {entry.fqn!r})") from None
             if loc.offset + loc.length > sizes[loc.file]:
-                raise TruncatedDataError(
-                    f"{storage.describe(loc.file)}: truncated: the data file ends at byte {sizes[loc.file]}, but "
-                    f"tensor {entry.fqn!r} needs bytes up to {loc.offset + loc.length}"
-                )
+                raise truncation_error(storage, loc.file, loc.offset, loc.offset + loc.length, [entry.fqn],
+                                       sizes[loc.file])
             spans.setdefault(loc.file, []).append((loc.offset, loc.offset + loc.length, entry.fqn))
     for file, ranges in spans.items():
         ranges.sort()
@@ -241,6 +236,22 @@ def check_chunk_bytes(storage: Storage, tensors: Sequence[TensorEntry]) -> None:
                     f"{storage.describe(file)}: tensors {first!r} and {second!r} point at the same bytes "
                     f"(from {start} to {end}); writers never share bytes between chunks"
                 )
+
+
+def truncation_error(storage: Storage, file: str, start: int, end: int, tensors: Sequence[str],
+                     size: int | None = None) -> TruncatedDataError:
+    """The error for a data file too short for the bytes ``start``-``end`` that ``tensors`` need:
+    it names the file's actual size (asked of the storage unless given), not where the read began."""
+    if size is None:
+        try:
+            size = storage.size(file)
+        except OSError:  # gone or unreadable meanwhile: say what is known
+            size = None
+    actual = f"is {size} bytes long" if size is not None else "could not be measured"
+    return TruncatedDataError(
+        f"{storage.describe(file)}: truncated: the data file {actual}, but tensor(s) {sorted(tensors)} need "
+        f"bytes {start}-{end}"
+    )
 
 
 def allocate(shape: int | tuple[int, ...], dtype: torch.dtype, what: str) -> torch.Tensor:

@@ -29,6 +29,7 @@ from . import __version__
 from .async_save import AsyncSave, wait_for_pending_save
 from .collectives import Communicator
 from .commit import abandon_save, begin_save, commit_save
+from .events import STALL, OperationEvents
 from .frameworks import FrameworkAdapter
 from .metadata import CheckpointMetadata, SavedChunk, TensorEntry, ValueEntry, WriterInfo
 from .options import SaveOptions
@@ -92,6 +93,17 @@ def run_save(
     wait_for_pending_save()
     called = time.perf_counter()
     comm = Communicator(opts.process_group, opts.timeout)
+    events = OperationEvents("save", storage.url, comm.rank, opts.step)
+    try:
+        return _start_save(storage, state, framework, opts, adapter, on_finish, called, comm, events)
+    finally:
+        events.phase(STALL, time.perf_counter() - called)
+
+
+def _start_save(storage: Storage, state: dict, framework: str | None, opts: SaveOptions,
+                adapter: FrameworkAdapter | None, on_finish: OnFinish | None, called: float,
+                comm: Communicator, events: OperationEvents) -> SaveSummary | AsyncSave:
+    """Plan; then write and commit, or snapshot and hand writing and committing to a background thread."""
     timings: dict[str, float] = {}
     pieces: dict[BoxKey, torch.Tensor] = {}
 
@@ -101,15 +113,16 @@ def run_save(
         return local_save_plan(tensors, values, opts.allow_pickle, comm.rank)
 
     try:
-        start = time.perf_counter()
-        plan, save_id, cached = _global_plan(comm, storage, local_plan)
-        timings["plan"] = time.perf_counter() - start
+        with events.timed("plan", timings):
+            plan, save_id, cached = _global_plan(comm, storage, local_plan)
     except BaseException as exc:
+        events.finish(exc)
         if on_finish is not None:
             on_finish(exc)
         raise
     keys = plan.writes[comm.rank]
-    protocol = _Protocol(storage, comm, plan, save_id, framework, opts, timings, on_finish, called, cached)
+    protocol = _Protocol(storage, comm, plan, save_id, framework, opts, timings, on_finish, called, cached,
+                         events)
 
     if not opts.async_save:
         return protocol.write_and_commit(pieces, keys)
@@ -122,6 +135,7 @@ def run_save(
     except Exception as exc:  # noqa: BLE001 - reported through the write phase, on every rank
         failure = exc
     timings["snapshot"] = time.perf_counter() - start
+    events.phase("snapshot", timings["snapshot"], snapshot.nbytes if snapshot is not None else 0, failure)
     data = dict(pieces)
     order = keys
     if snapshot is not None:
@@ -151,10 +165,10 @@ class _Protocol:
 
     def __init__(self, storage: Storage, comm: Communicator, plan: GlobalSavePlan, save_id: str,
                  framework: str | None, opts: SaveOptions, timings: dict[str, float],
-                 on_finish: OnFinish | None, called: float, cached: bool) -> None:
+                 on_finish: OnFinish | None, called: float, cached: bool, events: OperationEvents) -> None:
         self.storage, self.comm, self.plan, self.save_id = storage, comm, plan, save_id
         self.framework, self.opts, self.timings, self.on_finish = framework, opts, timings, on_finish
-        self.called, self.cached = called, cached
+        self.called, self.cached, self.events = called, cached, events
         self.stall: float | None = None
         self.live_written = threading.Event()
 
@@ -164,9 +178,11 @@ class _Protocol:
         try:
             summary = self._write_and_commit(data, keys, failure)
         except BaseException as exc:
+            self.events.finish(exc)
             if self.on_finish is not None:
                 self.on_finish(exc)
             raise
+        self.events.finish()
         if self.on_finish is not None:
             self.on_finish(None)
         return summary
@@ -184,13 +200,13 @@ class _Protocol:
             finally:
                 self.live_written.set()
 
-        start = time.perf_counter()
         try:
-            written = comm.phase("save write", write_step)
+            with self.events.timed("write", self.timings) as phase:
+                written = comm.phase("save write", write_step)
+                phase.bytes = sum(c.location.length for c in written[comm.rank])
         except BaseException:  # another rank (or this one) failed: remove this rank's file of this save
             abandon_save(storage, [own_file], self.save_id if comm.is_coordinator else None)
             raise
-        self.timings["write"] = time.perf_counter() - start
 
         def commit_step() -> None:
             if not comm.is_coordinator:
@@ -198,9 +214,8 @@ class _Protocol:
             metadata = build_metadata(plan, written, self.framework, comm.world_size, opts.block_size, opts.layout)
             commit_save(storage, self.save_id, metadata.to_json(), metadata.data_files, opts.timeout)
 
-        start = time.perf_counter()
-        comm.phase("save commit", commit_step)
-        self.timings["commit"] = time.perf_counter() - start
+        with self.events.timed("commit", self.timings):
+            comm.phase("save commit", commit_step)
         mine = sum(c.location.length for c in written[comm.rank])
         total = sum(c.location.length for chunks in written for c in chunks)
         stall = self.stall if self.stall is not None else time.perf_counter() - self.called

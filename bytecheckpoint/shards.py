@@ -43,6 +43,33 @@ class ShardedTensor:
 
 
 @dataclass(frozen=True)
+class ShardedPieces:
+    """Several boxes (ShardedTensors) of one global tensor held by this rank, or none.
+
+    For layouts that hold more than one box of a tensor (a pipeline stage's slices of a layer-stacked
+    weight, the irregular range a distributed optimizer owns cut into regular boxes). ``pieces`` may
+    be empty: the rank holds nothing of the tensor but still names it (so a strict load does not
+    call it unexpected).
+    """
+
+    pieces: Sequence[ShardedTensor]
+    global_shape: Sequence[int]
+    dtype: torch.dtype
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "global_shape", tuple(int(n) for n in self.global_shape))
+        object.__setattr__(self, "pieces", tuple(self.pieces))
+        for piece in self.pieces:
+            if not isinstance(piece, ShardedTensor):
+                raise TypeError(f"ShardedPieces.pieces must be ShardedTensors, got {type(piece).__name__}")
+            if piece.global_shape != self.global_shape or piece.data.dtype != self.dtype:
+                raise ValueError(
+                    f"a piece of global shape {piece.global_shape} and dtype {piece.data.dtype} is not part of "
+                    f"a tensor of global shape {self.global_shape} and dtype {self.dtype}"
+                )
+
+
+@dataclass(frozen=True)
 class FlatShard:
     """A 1-D range of the row-major flattened global tensor, as FSDP1 flat parameters hold.
 

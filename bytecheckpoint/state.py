@@ -20,9 +20,9 @@ from .boxes import ShardBox, flat_range_to_boxes
 from .errors import UnsupportedValueError
 from .limits import INT64_MAX, MAX_DEPTH
 from .metadata import Path, fqn_of
-from .shards import FlatShard, RankLocal, ShardedTensor
+from .shards import FlatShard, RankLocal, ShardedPieces, ShardedTensor
 
-TENSOR_TYPES = (torch.Tensor, ShardedTensor, FlatShard)
+TENSOR_TYPES = (torch.Tensor, ShardedTensor, ShardedPieces, FlatShard)
 
 
 @dataclass(frozen=True)
@@ -156,6 +156,8 @@ def _tensor_item(path: Path, leaf: Any) -> TensorItem:
         return _dtensor_item(path, leaf)
     if isinstance(leaf, ShardedTensor):
         return TensorItem(path, tuple(leaf.global_shape), leaf.data.dtype, (TensorPiece(leaf.box, leaf.data),))
+    if isinstance(leaf, ShardedPieces):
+        return TensorItem(path, leaf.global_shape, leaf.dtype, tuple(TensorPiece(p.box, p.data) for p in leaf.pieces))
     if isinstance(leaf, FlatShard):
         _check_tensor(path, leaf.data)
         flat = leaf.data.view(-1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -12,34 +13,67 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from flsim.errors import FlsimError
+from flsim.errors import FlsimError, RecordError, RunError
 from flsim.links import BUILTIN, LinkProfile, load_profile
 from flsim.metrics import write_textfile
 from flsim.phases import PHASES
 from flsim.results import write_results
-from flsim.runner import RunConfig
+from flsim.runner import MAX_CLIENTS, RunConfig, check_deployment, resolve_out
+from integrations.cli_style import make_app, run_app, stderr_console, working
 
-app = typer.Typer(help="Federated-learning round instrumentation: Flower FedAvg (SuperLink + SuperNodes as "
-                       "processes, one network namespace and emulated link per client), every phase of every "
-                       "round recorded.", no_args_is_help=True, pretty_exceptions_enable=False)
-console = Console()
-progress = Console(stderr=True)  # progress lines stay off stdout, which --json keeps for the JSON
-
-Profile = Annotated[str, typer.Option(help=f"Link profile: {', '.join(BUILTIN)}, 'loopback' (no namespaces, no "
-                                           "shaping) or a JSON/TOML profile file.")]
-Packing = Annotated[str, typer.Option(help="How messages carry the model: 'tensors' (one Flower object, i.e. "
-                                            "one HTTP request, per tensor) or 'flat' (one float32 vector).")]
-Poll = Annotated[float | None, typer.Option(help="Poll interval in s for the server and the SuperNodes "
-                                                 "(default: Flower's 3 s; polling is reported as its own phase).")]
+app = make_app("flsim", "Federated-learning round instrumentation: Flower FedAvg (SuperLink + SuperNodes "
+               "as processes, one network namespace and emulated link per client), every phase of every "
+               "round recorded.")
+console = Console(highlight=False)  # reports (tables) on stdout; --json prints only JSON there
+progress = stderr_console()  # progress and notices
 
 
-def _run(out: Path, cfg: RunConfig, prof: LinkProfile | None, mode: str = "deployment", parquet: bool = False) -> dict:
+class Mode(str, Enum):
+    """Where a run's clients live: processes behind emulated links, or Flower's simulation runtime."""
+
+    deployment = "deployment"
+    simulation = "simulation"
+
+
+class Packing(str, Enum):
+    """How messages carry the model (:data:`flsim.model.PACKINGS`; kept here so --help needs no torch)."""
+
+    tensors = "tensors"
+    flat = "flat"
+
+
+Profile = Annotated[str, typer.Option(
+    help=f"Link profile: {', '.join(BUILTIN)}, 'loopback' (no namespaces, no shaping) or a JSON/TOML "
+         "profile file.")]
+PackingOpt = Annotated[Packing, typer.Option(
+    help="How messages carry the model: 'tensors' (one Flower object, i.e. one HTTP request, per tensor) "
+         "or 'flat' (one float32 vector).")]
+Poll = Annotated[float | None, typer.Option(
+    help="Poll interval in s (> 0) for the server and the SuperNodes (default: Flower's 3 s; polling is "
+         "reported as its own phase).")]
+
+
+def _profile(profile: str) -> LinkProfile | None:
+    return None if profile == "loopback" else load_profile(profile)
+
+
+def _check_can_run(mode: Mode, cfg: RunConfig, prof: LinkProfile | None) -> None:
+    """Refuse a run that cannot start here, before anything is built or started."""
+    if mode is Mode.deployment:
+        check_deployment(prof)
+    elif cfg.clock_skews_s:
+        raise RunError("--clock-skews emulates separate hosts, which needs --mode deployment")
+
+
+def _run(out: Path, cfg: RunConfig, prof: LinkProfile | None, mode: Mode = Mode.deployment,
+         parquet: bool = False) -> dict:
     from flsim.runner import run_deployment, run_simulation_mode
 
-    if mode not in ("deployment", "simulation"):
-        raise FlsimError(f"--mode must be 'deployment' or 'simulation', found {mode!r}")
-    outcome = (run_deployment if mode == "deployment" else run_simulation_mode)(out, cfg, prof)
-    extra = {"mode": mode, "links": "emulated" if mode == "deployment" and prof else (
+    runner = run_deployment if mode is Mode.deployment else run_simulation_mode
+    name = prof.name if prof else "loopback"
+    with working(f"{mode.value} run: {cfg.clients} clients, {cfg.rounds} rounds, profile {name} -> {out}"):
+        outcome = runner(out, cfg, prof)
+    extra = {"mode": mode.value, "links": "emulated" if mode is Mode.deployment and prof else (
              "modelled" if prof else "loopback"), "profile": prof.to_dict() if prof else {"name": "loopback"},
              "config": cfg.__dict__, "wall_seconds": outcome.wall_seconds, "clock_offsets": outcome.offsets}
     summary = write_results(out, outcome.timelines, outcome.events, extra, parquet=parquet)
@@ -60,36 +94,41 @@ def _table(summary: dict) -> Table:
 
 @app.command()
 def run(
-    out: Annotated[Path, typer.Option(help="Output directory (phases.csv, rounds.csv, summary.json, events).")],
-    clients: Annotated[int, typer.Option(help="Number of SuperNodes (1-200).")] = 2,
-    rounds: Annotated[int, typer.Option(help="FedAvg rounds.")] = 2,
+    out: Annotated[Path, typer.Option(
+        help="Output directory (phases.csv, rounds.csv, summary.json, events).")],
+    clients: Annotated[int, typer.Option(help=f"Number of SuperNodes (1-{MAX_CLIENTS}).")] = 2,
+    rounds: Annotated[int, typer.Option(help="FedAvg rounds (>= 1).")] = 2,
     profile: Profile = "ethernet",
     samples: Annotated[int, typer.Option(help="Synthetic CIFAR-10-shaped samples per client.")] = 32,
-    width: Annotated[float, typer.Option(help="Channel-width factor of the CNN (1.0 = ~2.9 MB model).")] = 1.0,
+    width: Annotated[float, typer.Option(
+        help="Channel-width factor of the CNN (> 0; 1.0 = ~2.9 MB model).")] = 1.0,
     epochs: Annotated[int, typer.Option(help="Local epochs per round.")] = 1,
     threads: Annotated[int, typer.Option(help="Torch threads per client (1: one core per client).")] = 1,
-    clock_skews: Annotated[str, typer.Option(help="Comma-separated clock skews in s, one per client: run each "
-                                                  "SuperNode as an emulated host whose clock is off by it, to "
-                                                  "exercise clock-offset estimation.")] = "",
+    clock_skews: Annotated[str, typer.Option(
+        help="Comma-separated clock skews in s, one per client: run each SuperNode as an emulated host whose "
+             "clock is off by it, to exercise clock-offset estimation.")] = "",
     poll: Poll = None,
-    packing: Packing = "tensors",
+    packing: PackingOpt = Packing.tensors,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 900.0,
-    mode: Annotated[str, typer.Option(help="deployment: SuperLink + SuperNodes as processes, links emulated in "
-                                           "namespaces (root); simulation: Flower's simulation runtime in one "
-                                           "process, links modelled from the profile (no root).")] = "deployment",
-    parquet: Annotated[bool, typer.Option(help="Also write phases.parquet and rounds.parquet (needs pyarrow).")] = False,
+    mode: Annotated[Mode, typer.Option(
+        help="deployment: SuperLink + SuperNodes as processes, links emulated in namespaces (root); "
+             "simulation: Flower's simulation runtime in one process, links modelled from the profile "
+             "(no root).")] = Mode.deployment,
+    parquet: Annotated[bool, typer.Option(
+        help="Also write phases.parquet and rounds.parquet (needs pyarrow).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print summary.json to stdout.")] = False,
 ) -> None:
     """Run FedAvg with Flower and record every phase of every round."""
-    if not 1 <= clients <= 200:
-        raise FlsimError(f"--clients must be in 1..200, found {clients}")
     try:
         skews = tuple(float(x) for x in clock_skews.split(",")) if clock_skews.strip() else ()
     except ValueError:
         raise FlsimError(f"--clock-skews must be comma-separated seconds, found {clock_skews!r}") from None
-    cfg = RunConfig(clients=clients, rounds=rounds, samples=samples, epochs=epochs, threads=threads, poll_s=poll,
-                    width=width, packing=packing, timeout_s=timeout, clock_skews_s=skews)
-    summary = _run(out, cfg, None if profile == "loopback" else load_profile(profile), mode, parquet)
+    cfg = RunConfig(clients=clients, rounds=rounds, samples=samples, epochs=epochs, threads=threads,
+                    poll_s=poll, width=width, packing=packing.value, timeout_s=timeout, clock_skews_s=skews)
+    prof = _profile(profile)
+    out = resolve_out(out)
+    _check_can_run(mode, cfg, prof)
+    summary = _run(out, cfg, prof, mode, parquet)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:
@@ -97,30 +136,55 @@ def run(
         typer.echo(f"results in {out}")
 
 
+def _run_dir(path: Path, finished: bool) -> Path:
+    """``path`` if it is a ``flsim run`` directory (``finished``: with its results written)."""
+    if not path.is_dir():
+        raise RecordError(f"{path}: no such directory (expected an `flsim run` output directory)")
+    if (path / "summary.json").is_file() and (path / "phases.csv").is_file():
+        return path
+    if not finished and (path / "events").is_dir():  # a run in progress: its metrics appear when it ends
+        return path
+    raise RecordError(f"{path}: not an `flsim run` output directory (no summary.json and phases.csv"
+                      f"{'' if finished else ', no events/'})")
+
+
 @app.command()
 def report(
-    run_dirs: Annotated[list[Path], typer.Argument(help="One or more `flsim run` output directories; several "
-                                                         "directories (e.g. one per profile) add a what-if plot.")],
-    out: Annotated[Path | None, typer.Option(help="Where to write PNGs and report.html (default: the first "
-                                                              "directory).")] = None,
+    run_dirs: Annotated[list[Path], typer.Argument(
+        help="One or more `flsim run` output directories; several directories (e.g. one per profile) add a "
+             "what-if plot.")],
+    out: Annotated[Path | None, typer.Option(
+        help="Where to write PNGs and report.html (default: the first directory).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the written files as JSON.")] = False,
 ) -> None:
-    """Render per-round stacked phases, a timeline, straggler attribution and a what-if comparison (PNG + report.html)."""
+    """Render per-round stacked phases, a timeline, stragglers and a what-if chart (PNG + report.html)."""
     from flsim.report import render
 
-    for path in render(run_dirs, out or run_dirs[0]):
+    run_dirs = [_run_dir(d, finished=True) for d in run_dirs]
+    target = out or run_dirs[0]
+    if target.exists() and not target.is_dir():
+        raise RecordError(f"--out {target}: exists and is not a directory")
+    with working(f"rendering the report of {len(run_dirs)} run(s) into {target}"):
+        written = render(run_dirs, target)
+    if as_json:
+        typer.echo(json.dumps({"files": [str(p) for p in written]}, indent=2))
+        return
+    for path in written:
         typer.echo(str(path))
 
 
 @app.command()
 def metrics(
-    run_dirs: Annotated[list[Path], typer.Argument(help="`flsim run` output directories; re-read at every scrape, "
-                                                         "so runs that finish later are picked up.")],
+    run_dirs: Annotated[list[Path], typer.Argument(
+        help="`flsim run` output directories, finished or running; re-read at every scrape, so runs that "
+             "finish later are picked up.")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 9464,
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).", min=0, max=65535)] = 9464,
 ) -> None:
     """Serve the runs' round and phase metrics at http://HOST:PORT/metrics for Prometheus to scrape."""
     from flsim.metrics import serve
 
+    run_dirs = [_run_dir(d, finished=False) for d in run_dirs]
     try:
         server, _ = serve(run_dirs, host, port)
     except OSError as err:
@@ -135,7 +199,9 @@ def metrics(
 
 
 @app.command()
-def profiles(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def profiles(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the profiles as JSON.")] = False,
+) -> None:
     """List the built-in link profiles."""
     data = {k: v.to_dict() for k, v in BUILTIN.items()}
     if as_json:
@@ -152,19 +218,22 @@ def profiles(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 @app.command()
 def reproduce(
-    out: Annotated[Path, typer.Option(help="Output directory: one run directory per profile plus reproduce.json.")],
+    out: Annotated[Path, typer.Option(
+        help="Output directory: one run directory per profile plus reproduce.json.")],
     clients: Annotated[int, typer.Option(help="SuperNodes per run.")] = 2,
     rounds: Annotated[int, typer.Option(help="Rounds per profile.")] = 2,
     samples: Annotated[int, typer.Option(help="Training samples per client.")] = 256,
-    epochs: Annotated[int | None, typer.Option(help="Local epochs per round; default: calibrated to the paper's "
-                                                    "5G uplink share by the first pass (see docs/flsim.md).")] = None,
-    calibrate_links: Annotated[bool, typer.Option(help="Fit the WiFi and 5G uplink rates to the paper's ratios "
-                                                       "in the first pass; off: the built-in profiles.")] = True,
-    packing: Packing = "flat",
+    epochs: Annotated[int | None, typer.Option(
+        help="Local epochs per round; default: calibrated to the paper's 5G uplink share by the first pass "
+             "(see docs/flsim.md).")] = None,
+    calibrate_links: Annotated[bool, typer.Option(
+        help="Fit the WiFi and 5G uplink rates to the paper's ratios in the first pass; off: the built-in "
+             "profiles.")] = True,
+    packing: PackingOpt = Packing.flat,
     poll: Poll = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
 ) -> None:
-    """Hayek et al.'s Ethernet/WiFi/5G comparison: 5G uplink share of a round, 5G/Ethernet and 5G/WiFi ratios."""
+    """Hayek et al.'s Ethernet/WiFi/5G comparison: 5G uplink share of a round, 5G/Ethernet, 5G/WiFi ratios."""
     from flsim.reproduce import (
         PASS1_EPOCHS,
         PROFILES,
@@ -178,22 +247,27 @@ def reproduce(
     from netsim.fabric.namespaces import missing_capabilities
 
     profs = {n: BUILTIN[n] for n in PROFILES}
+    final = RunConfig(clients=clients, rounds=rounds, samples=samples, epochs=1 if epochs is None else epochs,
+                      poll_s=poll, packing=packing.value, timeout_s=1800.0)  # validates before anything runs
+    out = resolve_out(out)
+    check_deployment(profs[PROFILES[0]])
     calibration: dict = {}
     pass1 = {}
     if epochs is None or calibrate_links:
         for name in PROFILES:
             progress.print(f"calibration pass: {name} ({PASS1_EPOCHS[name]} epochs)", style="dim")
-            first = RunConfig(clients=clients, rounds=2, samples=samples, epochs=PASS1_EPOCHS[name], poll_s=poll,
-                              packing=packing, timeout_s=900.0)
+            first = RunConfig(clients=clients, rounds=2, samples=samples, epochs=PASS1_EPOCHS[name],
+                              poll_s=poll, packing=packing.value, timeout_s=900.0)
             pass1[name] = _run(out / "calibration" / name, first, profs[name])
     if epochs is None:  # 5G's uplink to come: the calibrated one, estimated from pass 1's Ethernet
-        uplink_5g = calibrate_uplinks(pass1, profs)[1]["target_uplink_s"]["5g-sa"] if calibrate_links else None
+        uplink_5g = (calibrate_uplinks(pass1, profs)[1]["target_uplink_s"]["5g-sa"] if calibrate_links
+                     else None)
         epochs, calibration["compute"] = calibrate_epochs(pass1, PASS1_EPOCHS, uplink_s=uplink_5g)
         calibration["compute"]["epochs"] = epochs
-    final = RunConfig(clients=clients, rounds=rounds, samples=samples, epochs=epochs, poll_s=poll, packing=packing,
-                      timeout_s=1800.0)
+    final = RunConfig(clients=clients, rounds=rounds, samples=samples, epochs=epochs, poll_s=poll,
+                      packing=packing.value, timeout_s=1800.0)
     summaries = {}
-    for name in PROFILES:  # Ethernet first: its measured uplink is the reference the other links are fitted to
+    for name in PROFILES:  # Ethernet first: its measured uplink is the reference for the other links
         if name != "ethernet" and calibrate_links and "links" not in calibration:
             reference = uplink_stats(summaries["ethernet"])["uplink_transport_s"]
             profs, calibration["links"] = calibrate_uplinks(pass1, profs, ethernet_uplink_s=reference)
@@ -203,7 +277,7 @@ def reproduce(
         summaries[name] = _run(out / name, final, p)
     table = compare(summaries)
     table.update(calibration=calibration, clients=clients, rounds=rounds, samples=samples, epochs=epochs,
-                 packing=packing, link_profiles={n: p.to_dict() for n, p in profs.items()})
+                 packing=packing.value, link_profiles={n: p.to_dict() for n, p in profs.items()})
     if missing_capabilities() is None:
         from flsim.model import SqueezeNetCifar, parameter_bytes
 
@@ -223,15 +297,12 @@ def reproduce(
     console.print(t)
     if "link_only" in table:
         lo = table["link_only"]
-        console.print(f"link only (TCP probe, {lo['bytes']} bytes up): 5G/Ethernet {lo['5g_over_ethernet']:.1f}x, "
-                      f"5G/WiFi {lo['5g_over_wifi']:.1f}x")
+        console.print(f"link only (TCP probe, {lo['bytes']} bytes up): "
+                      f"5G/Ethernet {lo['5g_over_ethernet']:.1f}x, 5G/WiFi {lo['5g_over_wifi']:.1f}x")
 
 
-def main() -> None:
-    """Console-script entry point; flsim errors print one line and exit with status 2."""
+def main(args: list[str] | None = None) -> None:
+    """Console-script entry point (``args``: instead of ``sys.argv[1:]``); the shared CLI style of
+    :mod:`integrations.cli_style`: errors on stderr, exit codes 0/1/2/3."""
     logging.basicConfig(level=logging.WARNING)
-    try:
-        app()
-    except FlsimError as err:
-        console.print(f"[red]flsim: {err}[/red]")
-        raise SystemExit(2) from None
+    run_app(app, "flsim", expected=(FlsimError,), args=args)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -29,8 +30,12 @@ from flsim.links import LinkProfile
 from flsim.phases import RoundTimeline, assemble, clock_offsets
 from flsim.recorder import HOST_ENV, SKEW_ENV, read_events
 from netsim.fabric.access import AccessLink
+from netsim.fabric.namespaces import missing_capabilities
 
 logger = logging.getLogger(__name__)
+
+#: The most SuperNodes one run starts (each is a process, and with a profile a namespace and link).
+MAX_CLIENTS = 200
 
 
 @dataclass(frozen=True)
@@ -64,9 +69,19 @@ class RunConfig:
         if self.clock_skews_s and len(self.clock_skews_s) != self.clients:
             raise RunError(f"clock_skews_s needs one skew per client ({self.clients}), "
                            f"found {len(self.clock_skews_s)}")
-        if self.threads < 1 or self.epochs < 1 or self.samples < 1:
-            raise RunError(f"threads, epochs and samples must be >= 1, found {self.threads}, {self.epochs}, "
-                           f"{self.samples}")
+        for key in ("clients", "rounds", "samples", "epochs", "batch_size", "threads"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise RunError(f"{key} must be an integer >= 1, found {value!r}")
+        if self.clients > MAX_CLIENTS:
+            raise RunError(f"clients must be <= {MAX_CLIENTS}, found {self.clients}")
+        for key in ("width", "lr", "timeout_s", "poll_s"):
+            value = getattr(self, key)
+            valid = isinstance(value, int | float) and math.isfinite(value) and value > 0
+            if value is not None and not valid:
+                raise RunError(f"{key} must be a finite number > 0, found {value!r}")
+        if not all(isinstance(s, int | float) and math.isfinite(s) for s in self.clock_skews_s):
+            raise RunError(f"clock_skews_s must be finite seconds, found {self.clock_skews_s!r}")
 
 
 @dataclass
@@ -197,6 +212,30 @@ def _wait_port(host: str, port: int, timeout: float, procs: Processes) -> None:
     raise RunError(f"nothing listened on {host}:{port} within {timeout:.0f} s")
 
 
+def resolve_out(out: Path) -> Path:
+    """``out`` as an absolute path; :class:`RunError` if it exists and is not a directory.
+
+    Runs resolve it first: ``flwr run`` works in the app folder and Flower's config loader joins a
+    relative path onto it again.
+    """
+    path = Path(out).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise RunError(f"output directory {out}: exists and is not a directory")
+    return path
+
+
+def check_deployment(profile: LinkProfile | None) -> None:
+    """:class:`RunError` unless a deployment run can start here: Flower's tools installed, and, for
+    emulated links (``profile`` given), network namespaces usable."""
+    for tool in ("flower-superlink", "flower-supernode", "flwr", "flower-superexec"):
+        if shutil.which(tool, path=_path()) is None:
+            raise RunError(f"{tool!r} not found next to {sys.executable}: install flwr==1.42.0 "
+                           "(extra 'flower')")
+    if profile is not None and (why := missing_capabilities()) is not None:
+        raise RunError(f"emulated links need network namespaces: {why} (use --profile loopback, or "
+                       "--mode simulation for modelled links)")
+
+
 def run_deployment(out: Path, cfg: RunConfig, profile: LinkProfile | None, name: str | None = None) -> RunOutcome:
     """Run FedAvg in Flower's deployment mode; see the module docstring for the order of steps.
 
@@ -205,10 +244,8 @@ def run_deployment(out: Path, cfg: RunConfig, profile: LinkProfile | None, name:
     """
     name = name or f"fls{os.getpid() % 100000}"
     net = 64 + (sum(name.encode()) * 7 + os.getpid()) % 90 * 2
-    for tool in ("flower-superlink", "flower-supernode", "flwr", "flower-superexec"):
-        if shutil.which(tool, path=_path()) is None:
-            raise RunError(f"{tool!r} not found next to {sys.executable}: install flwr==1.42.0 (extra 'flower')")
-    out = Path(out)
+    check_deployment(profile)
+    out = resolve_out(out)
     events, logs, app_dir, home = out / "events", out / "logs", out / "app", out / "flwr_home"
     for d in (events, logs, home):
         shutil.rmtree(d, ignore_errors=True)
@@ -270,7 +307,7 @@ def run_simulation_mode(out: Path, cfg: RunConfig, profile: LinkProfile | None) 
     """Run FedAvg in Flower's simulation runtime in a child process (links modelled, not emulated)."""
     if cfg.clock_skews_s:
         raise RunError("clock skews emulate separate hosts, which needs deployment mode")
-    out = Path(out)
+    out = resolve_out(out)
     events, logs = out / "events", out / "logs"
     for d in (events, logs):
         shutil.rmtree(d, ignore_errors=True)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from bytecheckpoint import StateMismatchError, UnsupportedValueError
+from bytecheckpoint.frameworks import SavedCheckpoint
 
 from .param_views import ParamView
 
@@ -87,6 +88,20 @@ def init_optimizer_state(optim: torch.optim.Optimizer) -> None:
         p.grad = grad
 
 
+def load_target(optim: torch.optim.Optimizer, views: list[ParamView], saved: SavedCheckpoint, key: str) -> dict | None:
+    """What a load fills for ``optim`` saved under ``key``: views into its (initialised) state, or
+    None where the checkpoint holds the optimizer as one plain value, without tensors (saved before
+    the first ``optimizer.step()``, or an optimizer whose state has no tensors): it is then loaded
+    whole and :func:`apply_loaded` takes the state from it."""
+    whole = saved.value((key,))
+    if isinstance(whole, dict):
+        check_optimizer_type(optim, whole.get("type"), key)
+        return None
+    check_optimizer_type(optim, saved.value((key, "type")), key)
+    init_optimizer_state(optim)
+    return {**optimizer_checkpoint(optim, views), "type": None, "param_groups": None}
+
+
 def check_optimizer_type(optim: torch.optim.Optimizer, saved_type: str | None, key: str) -> None:
     if saved_type is not None and saved_type != optimizer_type(optim):
         raise OptimizerMismatchError(
@@ -99,7 +114,14 @@ def apply_loaded(optim: torch.optim.Optimizer, views: list[ParamView], loaded: d
     """Put the loaded hyperparameters and non-tensor state into the optimizer (tensors were
     filled in place)."""
     by_id = _views_by_param(optim, views)
-    groups = loaded["param_groups"]
+    groups, state = loaded.get("param_groups"), loaded.get("state")
+    if not isinstance(groups, list) or not isinstance(state, dict):
+        raise StateMismatchError(
+            f"{key!r}: the checkpoint holds no optimizer param_groups and state here (found "
+            f"{type(groups).__name__} and {type(state).__name__}); was it saved with a framework?"
+        )
+    if not state:  # saved before the first optimizer.step(): the optimizer starts fresh
+        optim.state.clear()
     if len(groups) != len(optim.param_groups):
         raise StateMismatchError(
             f"{key!r}: the checkpoint has {len(groups)} param groups, the optimizer {len(optim.param_groups)}"
@@ -118,7 +140,7 @@ def apply_loaded(optim: torch.optim.Optimizer, views: list[ParamView], loaded: d
                 continue
             group[name] = torch.tensor(value) if isinstance(group.get(name), torch.Tensor) else value
         for p in group["params"]:
-            fqn = by_id[id(p)].fqns[0]
-            for name, value in optim.state.get(p, {}).items():
-                if not isinstance(value, torch.Tensor):
-                    optim.state[p][name] = loaded["state"][fqn][name]
+            saved_state = state.get(by_id[id(p)].fqns[0], {})
+            for name, value in saved_state.items():
+                if not isinstance(optim.state[p].get(name), torch.Tensor):  # tensors were filled in place
+                    optim.state[p][name] = value

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bytecheckpoint import UnsupportedValueError
+from bytecheckpoint import StateMismatchError, UnsupportedValueError
 from bytecheckpoint.frameworks import SavedCheckpoint
 
 from . import optimizer_state as optim_state
@@ -56,15 +56,18 @@ class _TorchAdapter:
         return out
 
     def load_targets(self, checkpoint_state: dict, saved: SavedCheckpoint) -> dict:
+        if saved.framework == "megatron":
+            raise StateMismatchError(
+                "this checkpoint was saved with framework='megatron' (Megatron keys, layers stacked); load it "
+                "into a plain PyTorch/FSDP2 model with framework=None, state {'model': "
+                "integrations.megatron.names.megatron_view(model)} and strict=False (docs/megatron.md)"
+            )
         targets: dict[str, Any] = {}
         for key, value in checkpoint_state.items():
             if isinstance(value, nn.Module):
                 targets[key] = self.model_state(value)
             elif isinstance(value, torch.optim.Optimizer):
-                optim_state.check_optimizer_type(value, saved.value((key, "type")), key)
-                optim_state.init_optimizer_state(value)
-                target = optim_state.optimizer_checkpoint(value, self._views_for(checkpoint_state, key))
-                targets[key] = {**target, "type": None, "param_groups": None}
+                targets[key] = optim_state.load_target(value, self._views_for(checkpoint_state, key), saved, key)
             elif as_reshardable(value) is not None:
                 targets[key] = load_layout()
             else:

@@ -3,29 +3,37 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
+import click
 import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from integrations.cli_style import EXIT_BAD_INPUT, make_app, print_error, run_app, stderr_console, working
 from netsim.collectives import COLLECTIVES, collective_job
 from netsim.engine import simulate
 from netsim.errors import NetsimError, TopologyError, TrafficError
+from netsim.fabric.cli import fabric_app
+from netsim.fit_cli import fit_transport_cmd
+from netsim.measure.cli import measure_cmd
 from netsim.plots import plot_cct_by_policy, plot_fct_cdf, plot_link_utilisation
-from netsim.policies import make_policy
-from netsim.results import SimulationResult
+from netsim.policies import POLICIES, make_policy
+from netsim.results import CollectiveRun, SimulationResult
 from netsim.theorem import check_instance, random_instance, summarize, trial_dict
 from netsim.topology import LeafSpine, LinkFault
 from netsim.traffic import Job, load_matrix, place
+from netsim.transport_model import PRESETS, load_transport_model
 
-app = typer.Typer(help="Fluid simulation of collectives on leaf-spine fabrics under path policies "
-                       "(ECMP, packet spraying, k-way splitting).", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = make_app("netsim", "Fluid simulation of collectives on leaf-spine fabrics under path policies "
+                         "(ECMP, packet spraying, k-way splitting).")
 console = Console()
+app.add_typer(fabric_app, name="fabric")
+app.command("measure")(measure_cmd)
 
 Leaves = Annotated[int, typer.Option(help="Number of leaf switches.")]
 HostsPerLeaf = Annotated[int, typer.Option(help="Hosts under each leaf.")]
@@ -35,11 +43,14 @@ SpineGbps = Annotated[float | None, typer.Option(help="Leaf-spine port speed in 
 Planes = Annotated[int, typer.Option(help="Parallel fabric planes; every host has one port per plane.")]
 Fail = Annotated[list[str] | None, typer.Option(
     help="Failed or degraded leaf-spine cable as LEAF:SPINE[:PLANE[:FACTOR]] (factor 0 = failed); repeatable.")]
-Collective = Annotated[str, typer.Option(help=f"One of {', '.join(COLLECTIVES)}.")]
+Collective = Annotated[str, typer.Option(help="The collective every job runs.",
+                                         click_type=click.Choice(list(COLLECTIVES)))]
 Size = Annotated[float, typer.Option(help="Per-rank buffer in bytes (nccl-tests convention), e.g. 1e9.")]
 Ranks = Annotated[int | None, typer.Option(help="Ranks per job (default: all hosts divided by --jobs).")]
 Jobs = Annotated[int, typer.Option(help="Concurrent jobs running the same collective on disjoint hosts.")]
-Placement = Annotated[str, typer.Option(help="Rank placement: packed (rank i on host i) or random.")]
+Placement = Annotated[str, typer.Option(help="Rank placement: packed (rank i on host i) or random.",
+                                        click_type=click.Choice(["packed", "random"]))]
+Policy = Annotated[str, typer.Option(help="Path policy.", click_type=click.Choice(list(POLICIES)))]
 Matrix = Annotated[Path | None, typer.Option(
     help="Traffic matrix (CSV src,dst,bytes[,step] or JSON) instead of --collective.")]
 Splits = Annotated[int | None, typer.Option(
@@ -69,6 +80,9 @@ def _jobs(topology: LeafSpine, collective: str, size: float, ranks: int | None, 
         return [load_matrix(matrix)]
     if jobs < 1:
         raise TrafficError(f"--jobs must be >= 1, found {jobs}")
+    if ranks is None and topology.hosts // jobs < 2:
+        raise TrafficError(f"--jobs {jobs} on a fabric of {topology.hosts} hosts leaves {topology.hosts // jobs} "
+                           f"rank(s) per job; every job needs >= 2 ranks, so at most {topology.hosts // 2} jobs")
     per_job = ranks if ranks is not None else topology.hosts // jobs
     if per_job * jobs > topology.hosts:
         raise TrafficError(f"{jobs} job(s) of {per_job} ranks need {per_job * jobs} hosts; the fabric has "
@@ -79,18 +93,20 @@ def _jobs(topology: LeafSpine, collective: str, size: float, ranks: int | None, 
 
 
 def _summary_table(results: dict[str, SimulationResult]) -> Table:
-    table = Table("policy", "CCT (ms)", "ideal (ms)", "gap", "max congestion", "splits", "p99 FCT (ms)",
-                  "sim wall (s)")
+    table = Table("policy", "CCT (ms)", "algbw (GB/s)", "busbw (GB/s)", "ideal (ms)", "gap", "max congestion",
+                  "splits", "p99 FCT (ms)", "sim wall (s)")
     for name, r in results.items():
-        table.add_row(name, f"{r.cct_seconds * 1e3:.4g}", f"{r.ideal_cct_seconds * 1e3:.4g}", f"{r.gap:.1%}",
+        bandwidths = [f"{bw / 1e9:.4g}" if bw is not None else "-" for bw in (r.algbw, r.busbw)]
+        table.add_row(name, f"{r.cct_seconds * 1e3:.4g}", *bandwidths, f"{r.ideal_cct_seconds * 1e3:.4g}",
+                      f"{r.gap:.1%}",
                       f"{r.max_congestion:.3g}", str(r.splits), f"{r.fct_quantiles([0.99])[0] * 1e3:.4g}",
                       f"{r.wall_seconds:.3f}")
     return table
 
 
 def _fail(exc: NetsimError) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(2)
+    print_error(exc)
+    return typer.Exit(EXIT_BAD_INPUT)
 
 
 @app.command("simulate")
@@ -99,23 +115,37 @@ def simulate_cmd(
     spine_gbps: SpineGbps = None, planes: Planes = 1, fail: Fail = None,
     collective: Collective = "ring-allreduce", size: Size = 1e9, ranks: Ranks = None, jobs: Jobs = 1,
     placement: Placement = "packed", matrix: Matrix = None,
-    policy: Annotated[str, typer.Option(help="ecmp, spray, split, random-split or greedy.")] = "ecmp",
+    policy: Policy = "ecmp",
     splits: Splits = None, seed: Seed = 0,
     replay: Annotated[bool, typer.Option(help="Replay repeated steps instead of re-simulating them.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     detail: Annotated[bool, typer.Option(help="With --json: add per-step times and link utilisation.")] = False,
     csv_dir: Annotated[Path | None, typer.Option(help="Write steps.csv, flows.csv, links.csv here.")] = None,
+    transport_model: Annotated[str, typer.Option(
+        help=f"Transport model: {' or '.join(PRESETS)} (documented defaults) or a JSON file written by "
+             "'netsim fit-transport'.")] = "tcp",
 ) -> None:
-    """Simulate one collective (or a traffic matrix) and report CCT, ideal bound and congestion."""
+    """Simulate one collective (or a traffic matrix); report CCT, nccl-tests' algbw/busbw, ideal bound."""
     try:
+        if splits is not None and policy in ("ecmp", "spray"):
+            raise TrafficError(f"--splits applies to split, random-split and greedy, not to --policy {policy}")
+        transport = load_transport_model(transport_model)
         topology = LeafSpine(leaves, hosts_per_leaf, spines, link_gbps, spine_gbps, planes, _faults(fail))
         path_policy = make_policy(policy, splits, seed)
-        result = simulate(topology, _jobs(topology, collective, size, ranks, jobs, placement, matrix, seed),
-                          path_policy, replay=replay)
+        job_list = _jobs(topology, collective, size, ranks, jobs, placement, matrix, seed)
     except NetsimError as exc:
         raise _fail(exc) from None
     if csv_dir is not None:
-        csv_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            csv_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print_error(f"cannot create --csv-dir {csv_dir}: {exc.strerror}")
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+    result = simulate(topology, job_list, path_policy, replay=replay, transport=transport)
+    if matrix is None:
+        per_job = ranks if ranks is not None else topology.hosts // jobs
+        result = replace(result, collective=CollectiveRun(collective, size, per_job))
+    if csv_dir is not None:
         result.write_steps_csv(csv_dir / "steps.csv")
         result.write_flows_csv(csv_dir / "flows.csv")
         result.write_links_csv(csv_dir / "links.csv", topology)
@@ -123,6 +153,9 @@ def simulate_cmd(
         typer.echo(json.dumps(result.to_dict(detail), indent=2))
     else:
         console.print(_summary_table({policy: result}))
+
+
+app.command("fit-transport")(fit_transport_cmd)
 
 
 @app.command("theorem")
@@ -136,7 +169,7 @@ def theorem_cmd(
     if trials < 1:
         raise _fail(TrafficError(f"--trials must be >= 1, found {trials}"))
     rng = np.random.default_rng(seed)
-    indices = range(trials) if as_json else track(range(trials), description="checking instances")
+    indices = track(range(trials), description="checking instances", console=stderr_console())
     results = []
     for i in indices:
         topology, flows, pattern = random_instance(rng)
@@ -162,19 +195,25 @@ def theorem_cmd(
 @app.command("plot")
 def plot_cmd(
     out_dir: Annotated[Path, typer.Option(help="Directory for the PNG files.")] = Path("netsim-plots"),
-    policies: Annotated[str, typer.Option(help="Comma-separated policies to compare.")] =
-    "ecmp,spray,split,random-split",
+    policies: Annotated[str, typer.Option(
+        help=f"Comma-separated policies to compare ({', '.join(POLICIES)}).")
+    ] = "ecmp,spray,split,random-split",
     leaves: Leaves = 4, hosts_per_leaf: HostsPerLeaf = 4, spines: Spines = 4, link_gbps: LinkGbps = 100.0,
     spine_gbps: SpineGbps = None, planes: Planes = 1, fail: Fail = None,
     collective: Collective = "ring-allreduce", size: Size = 1e9, ranks: Ranks = None, jobs: Jobs = 1,
     placement: Placement = "random", matrix: Matrix = None, splits: Splits = None, seed: Seed = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results and files as JSON.")] = False,
 ) -> None:
     """Run several policies on one scenario; write CCT bars, FCT CDFs and per-policy link heatmaps."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise _fail(TrafficError(f"--out-dir {out_dir}: exists and is not a directory"))
     try:
         topology = LeafSpine(leaves, hosts_per_leaf, spines, link_gbps, spine_gbps, planes, _faults(fail))
         job_list = _jobs(topology, collective, size, ranks, jobs, placement, matrix, seed)
-        results = {name: simulate(topology, job_list, make_policy(name, splits, seed))
-                   for name in (p.strip() for p in policies.split(",") if p.strip())}
+        chosen = {name: make_policy(name, splits, seed)
+                  for name in (p.strip() for p in policies.split(",") if p.strip())}
+        with working(f"simulating {len(chosen)} policies on {topology.hosts} hosts"):
+            results = {name: simulate(topology, job_list, policy) for name, policy in chosen.items()}
     except NetsimError as exc:
         raise _fail(exc) from None
     if not results:
@@ -184,11 +223,16 @@ def plot_cmd(
                plot_fct_cdf(results, out_dir / "fct_cdf.png")]
     written += [plot_link_utilisation(r, topology, out_dir / f"link_utilisation_{name}.png")
                 for name, r in results.items()]
+    if as_json:
+        typer.echo(json.dumps({"results": {name: r.to_dict() for name, r in results.items()},
+                               "files": [str(path) for path in written]}, indent=2))
+        return
     console.print(_summary_table(results))
     for path in written:
         typer.echo(str(path))
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def main(args: list[str] | None = None) -> None:
+    """Console-script entry point (``args``: instead of ``sys.argv[1:]``); the shared CLI style of
+    :mod:`integrations.cli_style`: errors on stderr, exit codes 0/1/2/3."""
+    run_app(app, "netsim", expected=(NetsimError,), args=args)

@@ -10,6 +10,12 @@ Steps of a job are barriers: step k+1 starts when every flow of step k has finis
 the same FlowSet object as an earlier step of the run, and has the fabric to itself for as long as that
 earlier step took, is *replayed*: the fluid model is deterministic, so its durations and FCTs are copied
 instead of simulated (``replay=False`` turns this off; tests check both agree).
+
+A :class:`~netsim.transport_model.TransportModel` makes the fluid real: flows carry on-wire bytes (headers
+per packet), links run at ``rate_efficiency`` of their rate, less when several subflows share them, and
+every step's flows start only after the step's latency (start-up plus propagation), and a step driving
+several subflows per host lasts at least their start-up. FCTs count from the step's start, so they include
+that latency. The default is the ideal model (pure fluid, zero latency).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from netsim.policies import PathPolicy, Routing
 from netsim.results import SimulationResult, StepRecord
 from netsim.topology import LeafSpine
 from netsim.traffic import FlowSet, Job
+from netsim.transport_model import IDEAL, TransportModel
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +93,7 @@ def max_min_rates(n_sub: int, entry_sub: np.ndarray, entry_link: np.ndarray, ent
 
 @dataclass
 class _Running:
-    """A step in flight."""
+    """A step whose flows are in flight; ``start`` is when the step was requested (before its latency)."""
 
     job: int
     index: int
@@ -95,14 +102,18 @@ class _Running:
     remaining: int
     finish: np.ndarray
     isolated: bool
+    not_before: float
     events: int = 0
 
 
 @dataclass
 class _StepInfo:
-    """Per distinct FlowSet: routing and static measures."""
+    """Per distinct FlowSet: routing, rate-limited on-wire subflow bytes, latency and static measures."""
 
     routing: Routing
+    wire_size: np.ndarray
+    latency: float
+    subflow_floor: float
     ideal: float
     congestion: float
     link_bytes: np.ndarray
@@ -123,9 +134,9 @@ class _Active:
     def __len__(self) -> int:
         return int(self.rem.size)
 
-    def add(self, owner: int, routing: Routing) -> None:
+    def add(self, owner: int, routing: Routing, wire_size: np.ndarray) -> None:
         offset = len(self)
-        self.rem = np.concatenate([self.rem, routing.size])
+        self.rem = np.concatenate([self.rem, wire_size])
         self.rate = np.concatenate([self.rate, np.zeros(routing.n_sub)])
         self.owner = np.concatenate([self.owner, np.full(routing.n_sub, owner, dtype=np.int64)])
         self.flow = np.concatenate([self.flow, routing.flow])
@@ -143,10 +154,7 @@ class _Active:
         self.owner, self.flow = self.owner[keep], self.flow[keep]
 
 
-def simulate(topology: LeafSpine, jobs: list[Job], policy: PathPolicy, replay: bool = True,
-             ) -> SimulationResult:
-    """Run ``jobs`` (possibly concurrent) on ``topology`` with ``policy``; deterministic."""
-    wall0 = time.perf_counter()
+def _validate(topology: LeafSpine, jobs: list[Job]) -> None:
     if not jobs:
         raise TrafficError("nothing to simulate: no jobs given")
     names = [j.name for j in jobs]
@@ -161,131 +169,198 @@ def simulate(topology: LeafSpine, jobs: list[Job], policy: PathPolicy, replay: b
         if job.start < 0:
             raise TrafficError(f"job {job.name!r} starts at {job.start} s; start must be >= 0")
 
-    info: dict[int, _StepInfo] = {}
 
-    def step_info(flows: FlowSet) -> _StepInfo:
-        key = id(flows)
-        if key not in info:
-            routing = policy.route(topology, flows)
-            info[key] = _StepInfo(routing, ideal_step_seconds(topology, flows),
-                                  float(link_congestion(topology, flows, routing).max()),
-                                  routing.link_bytes(topology.num_links))
-        return info[key]
+class _Simulation:
+    """One run of the event loop; :func:`simulate` is its public face.
 
-    capacity = topology.capacity
-    heap: list[tuple[float, int, int, int, int]] = []
-    seq = 0
-    for j, job in enumerate(jobs):
-        heapq.heappush(heap, (job.start, _ARRIVAL, seq, j, 0))
-        seq += 1
-    active = _Active()
-    running: dict[int, _Running] = {}
-    run_ids = 0
-    cache: dict[int, tuple[float, np.ndarray, int]] = {}  # id(FlowSet) -> (seconds, fct, events)
-    records: list[tuple[int, int, float, float, np.ndarray]] = []
-    job_end = [0.0] * len(jobs)
-    link_bytes = np.zeros(topology.num_links)
-    simulated = replayed = 0
-    now = 0.0
+    Heap entries are ``(time, priority, seq, job, step, requested, ready)``: a step is *requested* when the
+    previous one ends (or the job starts); its flows start ``latency`` later, when its entry is pushed
+    again with ``ready`` set.
+    """
 
-    def finish_step(r: _Running, end: float) -> None:
+    def __init__(self, topology: LeafSpine, jobs: list[Job], policy: PathPolicy, replay: bool,
+                 transport: TransportModel) -> None:
+        self.topology, self.jobs, self.policy, self.replay, self.transport = topology, jobs, policy, replay, transport
+        self.capacity = np.asarray(topology.capacity) * transport.rate_efficiency
+        self.info: dict[FlowSet, _StepInfo] = {}
+        self.heap: list[tuple[float, int, int, int, int, float, bool]] = []
+        self.seq = 0
+        self.active = _Active()
+        self.running: dict[int, _Running] = {}
+        self.run_ids = 0
+        self.cache: dict[FlowSet, tuple[float, np.ndarray, int]] = {}  # FlowSet -> (seconds, fct, events)
+        self.records: list[tuple[int, int, float, float, np.ndarray]] = []
+        self.job_end = [0.0] * len(jobs)
+        self.link_bytes = np.zeros(topology.num_links)
+        self.simulated = self.replayed = 0
+        self.now = 0.0
+
+    def step_info(self, flows: FlowSet, job_steps: int = 1) -> _StepInfo:
+        """Routing and static measures of a FlowSet, computed once per distinct FlowSet.
+
+        ``job_steps`` is the length of the job the FlowSet belongs to (the burst is spread over it).
+        """
+        if flows not in self.info:
+            topo, model = self.topology, self.transport
+            routing = self.policy.route(topo, flows)
+            wire = model.wire_bytes(routing.size)
+            rate_limited, latency, floor, burst = wire, 0.0, 0.0, model.burst_bytes / job_steps
+            if len(flows):
+                sent_by = flows.src[routing.flow]
+                per_host = np.bincount(sent_by).max()
+                if burst > 0:  # each host's share of the burst, split evenly among its subflows
+                    rate_limited = np.maximum(wire - burst / np.bincount(sent_by)[sent_by], 0.0)
+                hops = 4 if bool((topo.leaf_of(flows.src) != topo.leaf_of(flows.dst)).any()) else 2
+                latency, floor = model.step_latency(hops), model.subflow_floor(int(per_host))
+            ideal = ideal_step_seconds(topo, flows if model.is_ideal else FlowSet.build(
+                flows.src, flows.dst, model.wire_bytes(flows.size), flows.port))
+            ideal = max(ideal - burst / topo.host_capacity, 0.0) / model.rate_efficiency
+            self.info[flows] = _StepInfo(
+                routing, rate_limited, latency, floor, latency + max(ideal, floor), float(link_congestion(topo, flows, routing).max()),
+                np.bincount(routing.entry_link, weights=wire[routing.entry_sub] * routing.entry_weight,
+                            minlength=topo.num_links))
+        return self.info[flows]
+
+    def push(self, time_s: float, priority: int, job: int, index: int, requested: float,
+             ready: bool = False) -> None:
+        heapq.heappush(self.heap, (time_s, priority, self.seq, job, index, requested, ready))
+        self.seq += 1
+
+    def finish_step(self, r: _Running, end: float) -> None:
+        end = max(end, r.not_before)  # the hosts are still starting subflows
         fct = r.finish - r.start
         fct.setflags(write=False)
-        records.append((r.job, r.index, r.start, end, fct))
-        if r.isolated and replay:
-            cache.setdefault(id(r.flows), (end - r.start, fct, r.events))
-        next_step(r.job, r.index, end)
+        self.records.append((r.job, r.index, r.start, end, fct))
+        if r.isolated and self.replay:
+            self.cache.setdefault(r.flows, (end - r.start, fct, r.events))
+        self.next_step(r.job, r.index, end)
 
-    def next_step(j: int, index: int, end: float) -> None:
-        nonlocal seq
-        if index + 1 < len(jobs[j].steps):
-            heapq.heappush(heap, (end, _CONTINUATION, seq, j, index + 1))
-            seq += 1
+    def next_step(self, j: int, index: int, end: float) -> None:
+        if index + 1 < len(self.jobs[j].steps):
+            self.push(end, _CONTINUATION, j, index + 1, end)
         else:
-            job_end[j] = end
+            self.job_end[j] = end
 
-    while heap or len(active):
-        t_ext = heap[0][0] if heap else np.inf
-        changed = False
-        floor = 0.0
-        if len(active):
-            ttf = active.rem / active.rate
-            dt = float(ttf.min())
-            if now + dt <= t_ext:
-                done = ttf <= dt * (1 + _REL_TOL) + 1e-18
-                now += dt
-                active.rem -= active.rate * dt
-                floor = float(active.rate[done].min())
-                finished_owner = active.owner[done]
-                finished_flow = active.flow[done]
-                simulated += int(done.sum())
-                active.remove(done)
-                changed = True
-                for owner in np.unique(finished_owner).tolist():
-                    r = running[owner]
-                    mine = finished_owner == owner
-                    r.finish[finished_flow[mine]] = now
-                    r.remaining -= int(mine.sum())
-                    r.events += int(mine.sum())
-                    if r.remaining == 0:
-                        del running[owner]
-                        finish_step(r, now)
-            else:
-                active.rem -= active.rate * (t_ext - now)
-                now = t_ext
-        else:
-            now = max(now, t_ext)
-        while heap and heap[0][0] <= now:
-            _, _, _, j, index = heapq.heappop(heap)
-            flows = jobs[j].steps[index]
-            si = step_info(flows)
-            link_bytes += si.link_bytes
-            hit = cache.get(id(flows))
-            if hit is not None and not len(active) and (not heap or heap[0][0] >= now + hit[0]):
-                seconds, fct, events = hit
-                records.append((j, index, now, now + seconds, fct))
-                replayed += events + 1
-                next_step(j, index, now + seconds)
-                continue
-            simulated += 1
+    def advance(self, t_ext: float) -> tuple[bool, float]:
+        """Move time to the next completion or to ``t_ext``; return (subflows changed, refill floor)."""
+        active = self.active
+        if not len(active):
+            self.now = max(self.now, t_ext)
+            return False, 0.0
+        ttf = active.rem / active.rate
+        dt = float(ttf.min())
+        if self.now + dt > t_ext:
+            active.rem -= active.rate * (t_ext - self.now)
+            self.now = t_ext
+            return False, 0.0
+        done = ttf <= dt * (1 + _REL_TOL) + 1e-18
+        self.now += dt
+        active.rem -= active.rate * dt
+        floor = float(active.rate[done].min())
+        finished_owner, finished_flow = active.owner[done], active.flow[done]
+        self.simulated += int(done.sum())
+        active.remove(done)
+        for owner in np.unique(finished_owner).tolist():
+            r = self.running[owner]
+            mine = finished_owner == owner
+            r.finish[finished_flow[mine]] = self.now
+            r.remaining -= int(mine.sum())
+            r.events += int(mine.sum())
+            if r.remaining == 0:
+                del self.running[owner]
+                self.finish_step(r, self.now)
+        return True, floor
+
+    def start_due(self) -> bool:
+        """Start (or replay, or delay by their latency) every step due now; True if subflows were added."""
+        added = False
+        while self.heap and self.heap[0][0] <= self.now:
+            _, priority, _, j, index, requested, ready = heapq.heappop(self.heap)
+            flows = self.jobs[j].steps[index]
+            si = self.step_info(flows, len(self.jobs[j].steps))
+            if not ready:
+                self.link_bytes += si.link_bytes
+                hit = self.cache.get(flows)
+                if (hit is not None and not len(self.active)
+                        and (not self.heap or self.heap[0][0] >= self.now + hit[0])):
+                    seconds, fct, events = hit
+                    self.records.append((j, index, self.now, self.now + seconds, fct))
+                    self.replayed += events + 1
+                    self.next_step(j, index, self.now + seconds)
+                    continue
+                self.simulated += 1
+                if si.latency > 0 and si.routing.n_sub:
+                    self.push(self.now + si.latency, priority, j, index, requested, ready=True)
+                    continue
             if si.routing.n_sub == 0:
-                records.append((j, index, now, now, np.zeros(0)))
-                next_step(j, index, now)
+                self.records.append((j, index, self.now, self.now, np.zeros(0)))
+                self.next_step(j, index, self.now)
                 continue
-            isolated = not running
-            for other in running.values():
+            isolated = not self.running
+            for other in self.running.values():
                 other.isolated = False
-            running[run_ids] = _Running(j, index, flows, now, si.routing.n_sub,
-                                        np.full(len(flows), now), isolated)
-            active.add(run_ids, si.routing)
-            run_ids += 1
-            changed = True
-            floor = 0.0
-        if changed and len(active):
-            active.rate = max_min_rates(len(active), active.e_sub, active.e_link, active.e_w, capacity,
-                                        active.rate, floor)
+            self.running[self.run_ids] = _Running(j, index, flows, requested, si.routing.n_sub,
+                                                  np.full(len(flows), self.now), isolated,
+                                                  self.now + si.subflow_floor)
+            self.active.add(self.run_ids, si.routing, si.wire_size)
+            self.run_ids += 1
+            added = True
+        return added
 
-    records.sort(key=lambda rec: (rec[0], rec[1]))
-    steps = [StepRecord(jobs[j].name, i, s, e, info[id(jobs[j].steps[i])].ideal,
-                        info[id(jobs[j].steps[i])].congestion) for j, i, s, e, _ in records]
-    ideal_end = [job.start + sum(info[id(s)].ideal for s in job.steps) for job in jobs]
-    t0 = min(job.start for job in jobs)
-    result = SimulationResult(
-        policy=policy.name,
-        topology=topology.describe(),
-        cct_seconds=max(job_end) - t0,
-        ideal_cct_seconds=max(ideal_end) - t0,
-        max_congestion=max(si.congestion for si in info.values()),
-        splits=max(si.routing.splits for si in info.values()),
-        job_cct={job.name: job_end[j] - job.start for j, job in enumerate(jobs)},
-        steps=steps,
-        flow_fct=[rec[4] for rec in records],
-        link_bytes=link_bytes,
-        link_capacity=np.array(capacity),
-        events_simulated=simulated,
-        events_replayed=replayed,
-        wall_seconds=time.perf_counter() - wall0,
-    )
+    def rates(self, floor: float) -> np.ndarray:
+        """Max-min rates of the active subflows on the transport's effective link capacities."""
+        active = self.active
+        if self.transport.sharing_loss == 0:
+            return max_min_rates(len(active), active.e_sub, active.e_link, active.e_w, self.capacity,
+                                 active.rate, floor)
+        sharing = np.bincount(active.e_link, minlength=self.capacity.size)
+        capacity = self.capacity * self.transport.sharing_efficiency(sharing)
+        return max_min_rates(len(active), active.e_sub, active.e_link, active.e_w, capacity)
+
+    def run(self) -> None:
+        for j, job in enumerate(self.jobs):
+            self.push(job.start, _ARRIVAL, j, 0, job.start)
+        while self.heap or len(self.active):
+            changed, floor = self.advance(self.heap[0][0] if self.heap else np.inf)
+            if self.start_due():
+                changed, floor = True, 0.0
+            if changed and len(self.active):
+                self.active.rate = self.rates(floor)
+
+    def result(self, wall0: float) -> SimulationResult:
+        jobs, info = self.jobs, self.info
+        self.records.sort(key=lambda rec: (rec[0], rec[1]))
+        steps = [StepRecord(jobs[j].name, i, s, e, info[jobs[j].steps[i]].ideal, info[jobs[j].steps[i]].congestion)
+                 for j, i, s, e, _ in self.records]
+        ideal_end = [job.start + sum(info[s].ideal for s in job.steps) for job in jobs]
+        t0 = min(job.start for job in jobs)
+        return SimulationResult(
+            policy=self.policy.name,
+            topology=self.topology.describe(),
+            cct_seconds=max(self.job_end) - t0,
+            ideal_cct_seconds=max(ideal_end) - t0,
+            max_congestion=max(si.congestion for si in info.values()),
+            splits=max(si.routing.splits for si in info.values()),
+            job_cct={job.name: self.job_end[j] - job.start for j, job in enumerate(jobs)},
+            steps=steps,
+            flow_fct=[rec[4] for rec in self.records],
+            link_bytes=self.link_bytes,
+            link_capacity=np.array(self.topology.capacity),
+            events_simulated=self.simulated,
+            events_replayed=self.replayed,
+            wall_seconds=time.perf_counter() - wall0,
+            transport=self.transport,
+        )
+
+
+def simulate(topology: LeafSpine, jobs: list[Job], policy: PathPolicy, replay: bool = True,
+             transport: TransportModel = IDEAL) -> SimulationResult:
+    """Run ``jobs`` (possibly concurrent) on ``topology`` with ``policy`` over ``transport``; deterministic."""
+    wall0 = time.perf_counter()
+    _validate(topology, jobs)
+    sim = _Simulation(topology, jobs, policy, replay, transport)
+    sim.run()
+    result = sim.result(wall0)
     log.debug("simulated %s: cct %.6g s, %d events simulated, %d replayed, %.3f s wall", policy.name,
-              result.cct_seconds, simulated, replayed, result.wall_seconds)
+              result.cct_seconds, result.events_simulated, result.events_replayed, result.wall_seconds)
     return result

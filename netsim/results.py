@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from netsim.busbw import algbw, busbw
 from netsim.topology import LINK_KINDS, LeafSpine
+from netsim.transport_model import IDEAL, TransportModel
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,15 @@ class StepRecord:
     def seconds(self) -> float:
         """Duration of the step."""
         return self.end - self.start
+
+
+@dataclass(frozen=True)
+class CollectiveRun:
+    """What every simulated job ran, in nccl-tests' terms: collective, per-rank buffer, ranks per job."""
+
+    name: str
+    size_bytes: float
+    ranks: int
 
 
 def weighted_quantiles(groups: list[np.ndarray], counts: list[int], qs: list[float]) -> list[float]:
@@ -61,6 +72,8 @@ class SimulationResult:
     events_simulated: int
     events_replayed: int
     wall_seconds: float
+    transport: TransportModel = IDEAL
+    collective: CollectiveRun | None = None
 
     @property
     def gap(self) -> float:
@@ -72,6 +85,21 @@ class SimulationResult:
         """Average utilisation of every link over the whole run (bytes / (capacity * CCT))."""
         denom = self.link_capacity * self.cct_seconds
         return np.divide(self.link_bytes, denom, out=np.zeros_like(self.link_bytes), where=denom > 0)
+
+    @property
+    def algbw(self) -> float | None:
+        """nccl-tests' algorithm bandwidth (bytes/s) of the slowest job; None without a collective."""
+        if self.collective is None or self.cct_seconds <= 0:
+            return None
+        return algbw(self.collective.size_bytes, max(self.job_cct.values()))
+
+    @property
+    def busbw(self) -> float | None:
+        """nccl-tests' bus bandwidth (bytes/s) of the slowest job; None without a collective."""
+        if self.collective is None or self.cct_seconds <= 0:
+            return None
+        c = self.collective
+        return busbw(c.name, c.size_bytes, max(self.job_cct.values()), c.ranks)
 
     def fct_groups(self) -> tuple[list[np.ndarray], list[int]]:
         """Distinct per-step FCT arrays and how many steps share each."""
@@ -115,7 +143,11 @@ class SimulationResult:
             "events_simulated": self.events_simulated,
             "events_replayed": self.events_replayed,
             "wall_seconds": self.wall_seconds,
+            "transport": self.transport.to_dict(),
         }
+        if self.collective is not None:
+            out.update(collective=self.collective.name, size_bytes=self.collective.size_bytes,
+                       ranks=self.collective.ranks, algbw_Bps=self.algbw, busbw_Bps=self.busbw)
         if detail:
             out["step_seconds"] = durations.tolist()
             out["link_utilisation"] = self.link_utilisation.tolist()

@@ -42,14 +42,30 @@ def _entry(rank: int, world: int, store: str, fn: Callable, args: tuple, queue: 
             dist.destroy_process_group()
 
 
-def run_ranks(world: int, fn: Callable, *args: Any, timeout: float = 180.0) -> list[Any]:
+_PRELOAD = ["torch", "torch.distributed", "bytecheckpoint"]
+
+
+def _forkserver(preload: tuple[str, ...]) -> Any:
+    """The forkserver context, with ``preload`` imported in the server once (a slow import such as
+    megatron.core is then not paid per rank); a running server without them is restarted."""
+    from multiprocessing import forkserver
+
+    ctx = mp.get_context("forkserver")
+    if not set(preload) <= set(_PRELOAD):
+        _PRELOAD.extend(m for m in preload if m not in _PRELOAD)
+        forkserver._forkserver._stop()  # the next start imports the longer list
+    ctx.set_forkserver_preload(list(_PRELOAD))
+    return ctx
+
+
+def run_ranks(world: int, fn: Callable, *args: Any, timeout: float = 180.0, preload: tuple[str, ...] = ()) -> list[Any]:
     """Run ``fn(rank, world, *args)`` on ``world`` ranks; return their results in rank order.
 
     Raises RankFailure with every failed rank's traceback; ranks still alive after ``timeout``
-    seconds are killed and reported as hung.
+    seconds are killed and reported as hung. ``preload`` names modules to import once in the
+    forkserver rather than in every rank.
     """
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "torch.distributed", "bytecheckpoint"])
+    ctx = _forkserver(preload)
     queue = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "store")

@@ -51,7 +51,7 @@ H.quiet_dcp_daemon_logs()  # also runs in DCP's process-mode daemon, which impor
 
 GB = 1e9
 PEER_RUNNER = HERE / "bench_peers" / "bytecheckpoint_runner.py"
-MEGATRON = "Megatron-Core dist_checkpointing: not run (planned for later, not part of this benchmark yet)"
+MEGATRON = "Megatron-Core dist_checkpointing: compared with --mode megatron (tools/bench_megatron.py)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,13 +414,15 @@ def report(args: argparse.Namespace, cfg: dict, state_desc: str, scenario: str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=("plain", "fsdp2"), default="plain")
+    parser.add_argument("--mode", choices=("plain", "fsdp2", "megatron"), default="plain",
+                        help="megatron: ours vs Megatron dist_checkpointing on a GPT, 4 ranks (tools/bench_megatron.py)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the state lives")
     parser.add_argument("--mib", type=float, default=1024, help="plain: MiB of float32 state")
     parser.add_argument("--tensors", type=int, default=32, help="plain: number of tensors")
     parser.add_argument("--ranks", type=int, default=4, help="fsdp2: processes (one GPU each on cuda)")
     parser.add_argument("--mib-per-rank", type=float, default=384, help="fsdp2: state (params + AdamW moments) per rank")
-    parser.add_argument("--layers", type=int, default=8, help="fsdp2: Linear layers")
+    parser.add_argument("--layers", type=int, default=8, help="fsdp2: Linear layers; megatron: transformer layers")
+    parser.add_argument("--megatron-hidden", type=int, default=256, help="megatron: hidden size")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--budget-s", type=float, default=None,
                         help="stop the save/load rounds early (at least one) when the next would pass this many seconds")
@@ -437,6 +439,11 @@ def main() -> None:
     parser.add_argument("--out", default="bench-results/checkpoint.json")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown too")
     args = parser.parse_args()
+    if args.mode == "megatron":
+        import bench_megatron
+
+        bench_megatron.run(args.rounds, args.out, args.dir, args.layers, args.megatron_hidden, args.pg_timeout)
+        return
 
     ranks = 1 if args.mode == "plain" else args.ranks
     cfg: dict[str, Any] = {"mode": args.mode, "device": args.device, "rounds": args.rounds, "budget_s": args.budget_s,

@@ -20,6 +20,7 @@ import platform
 import statistics
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -73,6 +74,8 @@ def main() -> None:
     parser.add_argument("--raw-repeats", type=int, default=1, help="repeats of the no-replay cases")
     parser.add_argument("--out", help="write results as JSON here")
     args = parser.parse_args()
+    if args.out:  # create the folder up front: failing after minutes of benchmarking loses the results
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     cases = []
     for hosts in (int(h) for h in args.hosts.split(",") if h):
         for policy, splits in POLICIES:

@@ -7,6 +7,11 @@
 #   fsdp2  - 2 GPUs: FSDP2 + AdamW over NCCL, BENCH_MIB_PER_RANK MiB (3 GiB) per rank, every
 #            system, then each format's checkpoint loaded resharded at 1 GPU (tensors checked)
 #   tests  - the CUDA-resident tests, with whatever time is left
+#   megatron - 2 GPUs: a Megatron GPT saved at TP2 over NCCL, loaded at TP1 on 1 GPU and at TP2
+#            (GPU_RUN_PARTS=megatron; megatron-core from shared/wheels when it is not installed)
+#   nccl   - 2+ GPUs (not in the default parts): `netsim measure --backend nccl`, one rank per GPU, the
+#            four collectives over NCCL_SIZES (1K:1G); nccl-<collective>.json/.csv (busbw tables)
+#            run it alone: GPU_RUN_PARTS=nccl bash tools/gpu_run.sh   (kind nvidia-h200-x2)
 # JSON and the printed tables land in $OUT. The benchmarks' rounds are cut to fit GPU_RUN_BUDGET
 # seconds in all (default 570: the device tool ends a command at 600 s); each part's files are
 # written as soon as it ends. ByteCheckpoint 0.0.2 runs in the fsdp2 part only when its wheels
@@ -96,12 +101,43 @@ if has fsdp2; then
 fi
 rm -rf "$SCRATCH"
 
+if has megatron; then
+    # megatron-core is not installed there: its wheel travels in shared/wheels (pip download, see docs/megatron.md)
+    if ! python3 -c 'import megatron.core' 2>/dev/null; then
+        wheel=$(find shared -name 'megatron_core-0.16.1-*.whl' 2>/dev/null | head -1 || true)
+        [[ -n "$wheel" ]] && python3 -m pip install -q --no-index --no-deps --target /tmp/megatron-site "$wheel" \
+            && export PYTHONPATH="$PYTHONPATH:/tmp/megatron-site"
+    fi
+    if [[ "$GPUS" -lt 2 ]]; then
+        echo "== Megatron TP2 -> TP1/TP2: skipped, this machine has $GPUS GPU(s) (use the nvidia-h200-x2 kind)" | tee "$OUT/megatron.txt"
+    else
+        echo "== Megatron GPT: TP2 saves on 2 GPUs (NCCL), loads at TP1 on 1 GPU and at TP2; $(left)s left"
+        timeout $(( $(left) - 5 )) python3 tools/gpu_megatron.py --dir "$SCRATCH/megatron" --out "$OUT/megatron.json" \
+            2>&1 | grep -v -i warn | tail -20 | tee "$OUT/megatron.txt" || status=1
+        rm -rf "$SCRATCH/megatron"
+    fi
+fi
 if has tests; then
     if (( $(left) > 60 )); then
         timeout $(( $(left) - 5 )) python3 -m pytest -q -p no:cacheprovider tests/bytecheckpoint/test_staging.py \
             tests/bytecheckpoint/test_single_process.py tests/bytecheckpoint/test_async_save.py -k "not on_ranks and not killed" 2>&1 | tail -15 | tee "$OUT/cuda-tests.txt" || status=1
     else
         echo "CUDA tests skipped: $(left)s left" | tee "$OUT/cuda-tests.txt"
+    fi
+fi
+if has nccl; then
+    if [[ "$GPUS" -lt 2 ]]; then
+        echo "== NCCL sweep: skipped, this machine has $GPUS GPU(s) (use the nvidia-h200-x2 kind)" | tee "$OUT/nccl.txt"
+    else
+        for coll in allreduce allgather reducescatter alltoall; do
+            (( $(left) > 30 )) || { echo "NCCL $coll skipped: $(left)s left" | tee -a "$OUT/nccl.txt"; continue; }
+            echo "== NCCL $coll, $GPUS ranks, sizes ${NCCL_SIZES:-1K:1G}; $(left)s left" | tee -a "$OUT/nccl.txt"
+            timeout $(( $(left) - 10 )) python3 -c 'import sys; from netsim.cli import main; main(sys.argv[1:])' \
+                measure --backend nccl --collective "$coll" --ranks "$GPUS" --sizes "${NCCL_SIZES:-1K:1G}" \
+                --iters 20 --warmup 5 --timeout 120 --json > "$OUT/nccl-$coll.json" 2>> "$OUT/nccl.txt" || status=1
+            python3 -c 'import sys; from netsim.measure_schema import load_report; from netsim.measure.report import to_csv
+print(to_csv(load_report(sys.argv[1])), end="")' "$OUT/nccl-$coll.json" 2>&1 | tee "$OUT/nccl-$coll.csv" || status=1
+        done
     fi
 fi
 echo "gpu_run.sh: done with status $status, $(left)s of the budget left"

@@ -122,8 +122,8 @@ def test_metadata_is_json_with_documented_fields(tmp_path) -> None:
 def test_unknown_options_and_frameworks_are_errors(tmp_path) -> None:
     with pytest.raises(TypeError, match="unknown option.*fsyncc"):
         bcp.save(tmp_path / "ck", {"w": torch.ones(1)}, fsyncc=False)
-    with pytest.raises(ValueError, match="framework=.megatron. is not known"):
-        bcp.save(tmp_path / "ck", {"w": torch.ones(1)}, framework="megatron")
+    with pytest.raises(ValueError, match="framework=.deepspeed. is not known"):
+        bcp.save(tmp_path / "ck", {"w": torch.ones(1)}, framework="deepspeed")
 
 
 def test_tensors_inside_lists_are_rejected_with_the_key(tmp_path) -> None:

@@ -1,13 +1,5 @@
 """Prometheus metrics of rounds: the registry, the text file, and a real Prometheus server scraping flsim."""
 
-import json
-import shutil
-import socket
-import subprocess
-import time
-import urllib.parse
-import urllib.request
-
 import pytest
 
 from flsim.errors import RecordError
@@ -44,67 +36,17 @@ def test_load_run_names_what_is_missing(tmp_path):
         load_run(tmp_path / "r")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _query(port, promql):
-    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.loads(resp.read())["data"]["result"]
-
-
-@pytest.fixture
-def prometheus(tmp_path):
-    """A real Prometheus server (Debian package ``prometheus``; .ci/run installs it) scraping every second.
-
-    Yields ``(start, port)``: ``start(target_port)`` writes its config and starts it.
-    """
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("prometheus is not installed (apt-get install prometheus)")
-    port, procs = _free_port(), []
-
-    def start(target_port):
-        cfg = tmp_path / "prometheus.yml"
-        cfg.write_text("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: flsim\n"
-                       f"    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n")
-        log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115
-        procs.append(subprocess.Popen([binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                       f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log))
-
-    yield start, port
-    for p in procs:
-        p.terminate()
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 def test_real_prometheus_scrapes_round_metrics(tmp_path, prometheus):
-    start, prom_port = prometheus
     eth = finished_run(tmp_path / "eth", "ethernet")
     later = tmp_path / "5g"  # finishes after the exporter started: picked up at a later scrape
     server, _ = serve([tmp_path / "eth", later, tmp_path / "not-a-run"], port=0)
     try:
-        start(server.server_port)
-        deadline, found = time.time() + 90, []
+        prometheus.start([server.server_port], job="flsim")
         finished_run(later, "5g-sa", rounds=3)
-        while time.time() < deadline:
-            try:
-                found = _query(prom_port, "flsim_rounds_total")
-            except OSError:
-                found = []  # Prometheus still starting
-            if len(found) == 2:
-                break
-            time.sleep(1)
+        found = prometheus.wait_for("flsim_rounds_total", lambda found: len(found) == 2, timeout=90)
         rounds = {r["metric"]["run"]: float(r["value"][1]) for r in found}
         assert rounds == {"eth": 2.0, "5g": 3.0}
-        [uplink] = _query(prom_port, 'flsim_phase_seconds{run="eth",round="1",client="a",phase="uplink"}')
+        [uplink] = prometheus.query('flsim_phase_seconds{run="eth",round="1",client="a",phase="uplink"}')
         assert uplink["metric"]["profile"] == "ethernet"
         assert float(uplink["value"][1]) == pytest.approx(eth[0].client_phases("a")["uplink"])
     finally:

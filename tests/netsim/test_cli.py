@@ -14,16 +14,17 @@ from netsim.cli import app
 
 runner = CliRunner()
 FABRIC = ["--leaves", "4", "--hosts-per-leaf", "4", "--spines", "4", "--link-gbps", "100"]
+FLUID = ["--transport-model", "ideal"]  # the pure fluid model: exact hand-computed times
 
 
 def run_json(*args: str) -> dict:
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
-    return json.loads(result.output)
+    return json.loads(result.stdout)  # progress goes to stderr
 
 
 def test_simulate_json_has_the_promised_fields() -> None:
-    out = run_json("simulate", *FABRIC, "--collective", "ring-allreduce", "--size", "1e9",
+    out = run_json("simulate", *FABRIC, *FLUID, "--collective", "ring-allreduce", "--size", "1e9",
                    "--placement", "packed", "--policy", "spray")
     assert {"cct_seconds", "ideal_cct_seconds", "max_congestion", "splits"} <= out.keys()
     assert out["cct_seconds"] == pytest.approx(2 * 15 / 16 * 1e9 / 12.5e9)
@@ -31,11 +32,11 @@ def test_simulate_json_has_the_promised_fields() -> None:
 
 
 def test_simulate_split_reports_minimal_k_and_matches_spray() -> None:
-    packed = ["simulate", *FABRIC, "--spines", "3", "--placement", "packed"]
+    packed = ["simulate", *FABRIC, *FLUID, "--spines", "3", "--placement", "packed"]
     split = run_json(*packed, "--policy", "split")
     assert split["splits"] == 3  # a packed ring sends D = 1 flow per leaf over 3 spines: k = 3 / gcd(1, 3)
     assert split["max_congestion"] == pytest.approx(run_json(*packed, "--policy", "spray")["max_congestion"])
-    shuffled = ["simulate", *FABRIC, "--spines", "3", "--placement", "random", "--seed", "2"]
+    shuffled = ["simulate", *FABRIC, *FLUID, "--spines", "3", "--placement", "random", "--seed", "2"]
     split, spray = run_json(*shuffled, "--policy", "split"), run_json(*shuffled, "--policy", "spray")
     assert split["max_congestion"] == pytest.approx(spray["max_congestion"])
     assert split["cct_seconds"] == pytest.approx(spray["cct_seconds"])
@@ -54,16 +55,16 @@ def test_simulate_writes_csv_and_accepts_faults_and_jobs(tmp_path: Path) -> None
 def test_simulate_from_matrix(tmp_path: Path) -> None:
     path = tmp_path / "m.csv"
     path.write_text("src,dst,bytes\n0,4,1e9\n1,5,1e9\n")
-    out = run_json("simulate", *FABRIC, "--spines", "1", "--matrix", str(path), "--policy", "ecmp")
+    out = run_json("simulate", *FABRIC, *FLUID, "--spines", "1", "--matrix", str(path), "--policy", "ecmp")
     assert out["cct_seconds"] == pytest.approx(2e9 / 12.5e9)
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--policy", "wcmp"], "unknown policy 'wcmp'"),
+    (["--policy", "wcmp"], "'wcmp' is not one of"),
     (["--leaves", "0"], "leaves must be a positive integer"),
     (["--fail", "1-2"], "--fail expects LEAF:SPINE"),
     (["--collective", "hd-allreduce", "--ranks", "6"], "power-of-two"),
-    (["--placement", "spread"], "unknown placement"),
+    (["--placement", "spread"], "'spread' is not one of"),
     (["--ranks", "17"], "the fabric has 16"),
 ])
 def test_simulate_bad_input_exits_2_with_a_message(args: list[str], message: str) -> None:

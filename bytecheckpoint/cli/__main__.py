@@ -1,0 +1,5 @@
+"""``python -m bytecheckpoint.cli``: the same as the ``bytecheckpoint`` console script."""
+
+from . import main
+
+main()

@@ -10,6 +10,7 @@ loading rank's. The adapter stores them at ``<key>.replicated`` and ``<key>.per_
 from __future__ import annotations
 
 import random
+import sys
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -84,10 +85,18 @@ def apply_layout(obj: Reshardable, loaded: dict, key: str) -> None:
     obj.load_reshard_state(loaded["replicated"], per_rank, rank, world)
 
 
+def _megatron_rng_tracker() -> Any:
+    """Megatron-Core's model-parallel RNG tracker when Megatron is in use here and its tracker was
+    created (never imports Megatron), else None."""
+    module = sys.modules.get("megatron.core.tensor_parallel.random")
+    return getattr(module, "_CUDA_RNG_STATE_TRACKER", None) if module is not None else None
+
+
 class RNGState:
     """Put ``{"rng": RNGState()}`` in the checkpoint state to save and restore this rank's torch
-    (CPU and CUDA), Python and numpy random generators. After a world-size change, rank r takes
-    the streams of old rank ``r % old_world``."""
+    (CPU and CUDA), Python and numpy random generators, and Megatron-Core's model-parallel RNG
+    tracker streams where Megatron is in use. After a world-size change, rank r takes the streams
+    of old rank ``r % old_world``."""
 
     def reshard_state(self) -> tuple[Any, Any]:
         version, internal, gauss = random.getstate()
@@ -98,6 +107,10 @@ class RNGState:
             "python": [version, list(internal), gauss],
             "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
         }
+        tracker = _megatron_rng_tracker()
+        if tracker is not None:
+            mine["megatron"] = {name: bytes(state.cpu().numpy().tobytes())
+                                for name, state in tracker.get_states().items()}
         return None, mine
 
     def load_reshard_state(self, replicated: Any, per_rank: list[Any], rank: int, world: int) -> None:
@@ -109,3 +122,7 @@ class RNGState:
         random.setstate((version, tuple(internal), gauss))
         kind, keys, pos, has_gauss, cached = mine["numpy"]
         np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+        tracker = _megatron_rng_tracker()
+        if tracker is not None and mine.get("megatron"):
+            tracker.set_states({name: torch.frombuffer(bytearray(state), dtype=torch.uint8)
+                                for name, state in mine["megatron"].items()})

@@ -43,6 +43,8 @@ def fit_transport_cmd(
         help="Exit 1 if a fitted row's CCT is off by more than this fraction (e.g. 0.10).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the model and every row's comparison as JSON.")]
     = False,
+    plot_dir: Annotated[Path | None, typer.Option(
+        help="Also write measured_vs_simulated.png and measured_busbw.png into this folder.")] = None,
 ) -> None:
     """Fit header, rate, sharing and start-up parameters so that 'netsim simulate' predicts 'netsim measure'.
 
@@ -63,10 +65,19 @@ def fit_transport_cmd(
                        f"{len(report.rows)} rows); run 'netsim measure --fabric NAME --json'")
     if not out.parent.is_dir():
         raise FitError(f"--out {out}: folder {out.parent} does not exist")
+    if plot_dir is not None and plot_dir.exists() and not plot_dir.is_dir():
+        raise FitError(f"--plot-dir {plot_dir}: exists and is not a folder")
     stderr_console().print(f"fitting {len(rows)} {backend} rows from {measurements} ...")
     result = fit_transport(rows, hop_latency_s, source=f"fitted to {len(rows)} {backend} rows of "
                            f"{measurements.name}")
     result.model.write(out)
+    if plot_dir is not None:
+        from netsim.plots import plot_measured_busbw, plot_measured_vs_simulated
+
+        plot_dir.mkdir(parents=True, exist_ok=True)
+        for written in (plot_measured_vs_simulated(result, plot_dir / "measured_vs_simulated.png"),
+                        plot_measured_busbw(result, plot_dir / "measured_busbw.png")):
+            stderr_console().print(f"wrote {written}")
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:

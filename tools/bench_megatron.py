@@ -9,6 +9,7 @@ back at the same layout. Then both load at TP4 x PP1 x DP1: ours loads model and
 element by element against the saved model); Megatron's distributed-optimizer format
 (``dp_reshardable``, the one that works on CPU) cannot change TP, which is recorded with its error, and
 its model-only resharded load is timed for reference. Times are the slowest rank's; medians over rounds.
+Megatron's save needs ``psutil`` (not among megatron-core's declared dependencies).
 """
 
 from __future__ import annotations
@@ -162,7 +163,9 @@ def _worker(rank: int, world: int, cfg: dict) -> dict:
         _megatron_load(ddp, opt, paths["megatron"] / "ck")
         reshard["megatron_optimizer"] = "loaded"
     except (Exception, CheckpointException) as exc:  # noqa: BLE001 - Megatron's failure is the figure
-        reshard["megatron_optimizer"] = f"fails: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        cause = next(iter(getattr(exc, "failures", {}).values()), exc)  # DCP's CheckpointException wraps each rank's
+        cause = cause[0] if isinstance(cause, tuple) else cause  # (exception, traceback frames)
+        reshard["megatron_optimizer"] = f"fails: {type(cause).__name__}: {str(cause).splitlines()[0][:300]}"
     dist.barrier()
     for r in range(cfg["reshard_rounds"]):
         _drop_cache(paths["megatron"])

@@ -15,7 +15,9 @@ from integrations.cli_style import make_app, run_app
 from ..errors import CheckpointError
 from . import convert, diff, inspect, manager, reshard
 
-app = make_app("bytecheckpoint", "Inspect, verify, list, reshard, compare and convert bytecheckpoint checkpoints.")
+app = make_app("bytecheckpoint", "Inspect, verify, list, reshard, compare and convert bytecheckpoint checkpoints.\n\n"
+               "Paths: local directories or URLs (s3://bucket/prefix). Exit codes: 0 ok, 1 a check failed "
+               "(verify, diff), 2 bad usage or input, 3 internal error. Reference: docs/cli.md.")
 app.command()(inspect.inspect)
 app.command()(inspect.verify)
 app.command()(manager.ls)

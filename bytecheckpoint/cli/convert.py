@@ -49,7 +49,7 @@ def export(
     rename: RenameOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write the checkpoint SRC as a torch.save file, safetensors files, or a DCP checkpoint."""
+    """Write a checkpoint as a torch.save file, safetensors files (Hugging Face layout) or DCP."""
     mapping = read_rename_map(rename)
     _, meta = open_checkpoint(src)
     with byte_progress(f"export to {to.value}", meta.total_bytes) as advance:
@@ -66,8 +66,7 @@ def import_(
     rename: RenameOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write a torch.save file, safetensors file(s), a Hugging Face directory or a DCP checkpoint as
-    a bytecheckpoint checkpoint at DST."""
+    """Read a torch.save file, safetensors, a Hugging Face directory or DCP into a new checkpoint."""
     mapping = read_rename_map(rename)
     local = local_path(src)
     if local is not None and not local.exists():

@@ -24,8 +24,10 @@ def diff(
     show_all: Annotated[bool, typer.Option("--all", help="List equal tensors and values too.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
-    """Compare A and B: keys on one side only, shapes, dtypes, max abs/rel difference per tensor,
-    plain values. Exit 1 when they differ beyond the tolerances (default: bit for bit)."""
+    """Compare two checkpoints tensor by tensor; exit 1 if they differ.
+
+    Keys on one side only, shapes, dtypes, max abs/rel difference per tensor, plain values. The
+    default tolerances (0) compare bit for bit."""
     storage_a, meta_a = open_checkpoint(a)
     storage_b, meta_b = open_checkpoint(b)
     with byte_progress("diff", meta_a.total_bytes + meta_b.total_bytes) as advance:

@@ -56,8 +56,10 @@ def checkpoint_report(path: str, meta: CheckpointMetadata) -> dict[str, Any]:
 
 
 def inspect(path: PathArg, as_json: JsonOpt = False) -> None:
-    """Show a checkpoint's tensors (dtype, shape, size, how each is chunked), plain values, writer,
-    framework, saved layout and format version. On a CheckpointManager root: its steps."""
+    """Show what a checkpoint holds (or the steps of a CheckpointManager root).
+
+    Tensors with dtype, shape, size and chunking; plain values; writer, framework, saved layout and
+    format version. --json adds each chunk's box and byte location."""
     storage = open_storage(path)
     complete, incomplete = manager_steps(storage)
     if (complete or incomplete) and not storage.exists(METADATA_FILE):
@@ -93,8 +95,10 @@ def inspect(path: PathArg, as_json: JsonOpt = False) -> None:
 
 
 def verify(path: PathArg, as_json: JsonOpt = False) -> None:
-    """Check every stored byte against its checksum. Exit 1 if any chunk (or the metadata) is damaged,
-    naming each damaged file, tensor and byte range; with --json the report goes to stdout either way."""
+    """Check every stored byte against its checksum; exit 1 if anything is damaged.
+
+    Names each damaged file, tensor and byte range (the metadata's own checksum included); with
+    --json the report goes to stdout either way."""
     try:
         storage, meta = open_checkpoint(path)
     except ChecksumMismatchError as exc:  # the metadata itself is damaged: a failed check, not bad input

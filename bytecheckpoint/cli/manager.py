@@ -71,8 +71,10 @@ def _open_root(path: str) -> Storage:
 
 
 def ls(root: RootArg, as_json: JsonOpt = False) -> None:
-    """List the steps under a CheckpointManager root: complete ones (size, tensors, ranks, framework)
-    and incomplete ones (the save claim holding them, live or stale)."""
+    """List the steps under a CheckpointManager root, complete or not.
+
+    Complete steps with size, tensors, ranks and framework; incomplete ones with the save claim
+    holding them, live or stale."""
     steps = list_steps(_open_root(root))
     if as_json:
         print_json({"path": root, "kind": "manager", "steps": steps})
@@ -89,8 +91,10 @@ def gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what would be deleted.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Delete abandoned incomplete steps (their save died: claim stale) and, with --keep-last, old
-    complete steps. Steps being saved by a live process are left alone unless --force."""
+    """Delete abandoned incomplete steps and, with --keep-last, old complete steps.
+
+    An incomplete step is abandoned when its save died (its claim is stale); steps being saved by a
+    live process are left alone unless --force."""
     manager = CheckpointManager(_open_root(root), keep_last=keep_last)
     garbage = manager.collect_garbage(force=force, dry_run=dry_run)
     retired = manager.apply_retention(dry_run=dry_run)

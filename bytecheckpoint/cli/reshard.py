@@ -26,9 +26,10 @@ def reshard(
                                               "data file (the same as --world-size 1).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
-    """Rewrite SRC into DST so that each target rank reads exactly one data file, holding the bytes it
-    needs in the order it reads them. Source bytes are verified; DST gets checksums of its own.
-    Exactly one of --world-size, --layout, --consolidate."""
+    """Rewrite SRC into DST so that each target rank reads one contiguous file.
+
+    Each rank's data file holds the bytes it loads, in the order it loads them. Source bytes are
+    verified; DST gets checksums of its own. Exactly one of --world-size, --layout, --consolidate."""
     chosen = [name for name, given in (("--world-size", world_size is not None), ("--layout", layout is not None),
                                        ("--consolidate", consolidate)) if given]
     if len(chosen) != 1:

@@ -1,2 +1,3 @@
-"""Megatron-Core glue: ``framework="megatron"`` (adapter), CPU shims for tests, and the key map
-that moves checkpoints between Megatron and plain PyTorch models (names)."""
+"""Megatron-Core glue: ``framework="megatron"`` (adapter: model, optimizer_state, layout,
+data_parallel), the key map between Megatron checkpoints and plain PyTorch / FSDP2 models (names),
+and CPU shims for tests and benchmarks (cpu_shims). See docs/megatron.md."""

@@ -10,6 +10,7 @@ loads into the other. Layout: ``{"state": {key: {name: ShardedPieces}}, "step": 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -133,7 +134,9 @@ def optimizer_targets(optimizer: Any, layouts: dict[int, TensorLayout], saved: S
     """What to fill on load: this rank's boxes (clipped to a padded vocabulary's saved shape), and an
     empty placeholder for every saved tensor this rank holds none of."""
     for opt in sub_optimizers(optimizer):
-        init_optimizer_state(opt.optimizer)
+        with warnings.catch_warnings():  # a distributed optimizer's params are views: torch warns on their .grad
+            warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf")
+            init_optimizer_state(opt.optimizer)
     grouped: dict[str, dict[str, list]] = {}
     for layout, name, pieces in _entries(optimizer, layouts):
         entry = saved.tensor((key, "state", layout.key, name))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,3 +35,22 @@ def one_error_line(err: str) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err and "[red]" not in err and "[/]" not in err
     return lines[0]
+
+
+@dataclass(frozen=True)
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def invoke(args: list[str]) -> CliResult:
+    """Run ``bytecheckpoint ARGS`` in this process without pytest's capture fixtures (stdout and
+    stderr redirected); any exception other than the exit it ends with propagates."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(args)
+        except SystemExit as stop:
+            return CliResult(stop.code, out.getvalue(), err.getvalue())
+    raise AssertionError("the console script returned without an exit code")

@@ -340,3 +340,15 @@ def test_relative_paths_work_as_in_the_readme(ckpt: Path, tmp_path: Path, capsys
     code, out, _ = run(capsys, "diff", "ck", "ck-2")
     assert code == 0 and "same" in out
     assert run(capsys, "inspect", "file://ck-2")[0] == 0
+
+
+def test_altered_metadata_fails_verify_with_1_and_inspect_with_2(ckpt: Path, capsys) -> None:
+    meta = ckpt / METADATA_FILE
+    meta.write_text(meta.read_text().replace('"shape":[6,4]', '"shape":[4,6]'))
+    code, out, err = run(capsys, "verify", str(ckpt), "--json")
+    doc = json.loads(out)
+    assert code == 1 and doc["ok"] is False and doc["problems"][0]["type"] == "ChecksumMismatchError"
+    assert "metadata checksum mismatch" in doc["problems"][0]["message"]
+    one_error_line(err)
+    code, out, err = run(capsys, "inspect", str(ckpt))
+    assert code == 2 and out == "" and "metadata checksum mismatch" in one_error_line(err)

@@ -76,6 +76,7 @@ def _last_stage(results: list[list[dict]]) -> list[dict]:
     return list(out.values())
 
 
+@pytest.mark.slow
 def test_tp_pp_dp_changes_resume_like_an_uninterrupted_run(tmp_path) -> None:
     cases = [
         (Layout(2, 2, 1, True), [Layout(1, 1, 4, True)]),
@@ -166,7 +167,23 @@ def _dp1_resume(rank: int, world: int, path: str, plain_path: str) -> dict:
     return {"errors": errors, "resumed": resumed, "plain_loss": eval_loss(ddp, 0)}
 
 
-def test_dp2_to_dp1_and_to_a_plain_pytorch_model_and_back(tmp_path) -> None:
+def _fsdp2_load(rank: int, world: int, path: str) -> float:
+    """The Megatron checkpoint into a plain GPT sharded with FSDP2 (DTensor parameters)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(5)
+    model = PlainGPT()
+    mesh = init_device_mesh("cpu", (world,))
+    for layer in model.decoder.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    bcp.load(path, {"model": megatron_view(model)}, strict=False, timeout=60)
+    with torch.no_grad():
+        return model.loss(BEFORE.stop).item()
+
+
+def test_dp2_to_dp1_and_to_plain_pytorch_and_fsdp2_models_and_back(tmp_path) -> None:
     path, plain_path = str(tmp_path / "megatron"), str(tmp_path / "plain")
     saved = run_ranks(2, _dp2_save, path, preload=PRELOAD)[0]
     # a Megatron checkpoint into a plain single-process PyTorch GPT, through the key map
@@ -176,6 +193,8 @@ def test_dp2_to_dp1_and_to_a_plain_pytorch_model_and_back(tmp_path) -> None:
     bcp.load(path, {"model": megatron_view(model)}, strict=False)
     with torch.no_grad():
         assert model.loss(BEFORE.stop).item() == pytest.approx(saved["loss"], rel=1e-6)
+    for loss in run_ranks(2, _fsdp2_load, path, preload=PRELOAD):
+        assert loss == pytest.approx(saved["loss"], rel=1e-6), "Megatron -> FSDP2"
     by_name = load_full_by_name(path)
     assert sorted(by_name) == sorted(model.state_dict())
     assert all(torch.equal(by_name[k], v) for k, v in model.state_dict().items())

@@ -121,3 +121,25 @@ def test_given_paths_pin_subflows_to_their_spines_and_hash_the_rest() -> None:
     np.testing.assert_allclose(up, expected)
     with pytest.raises(PolicyError, match="names spine 5; the fabric has 2"):
         GivenPaths({(0, 2): (5,)}).route(topology, flows)
+
+
+def test_fit_transport_plots_measured_against_simulated(tmp_path: Path) -> None:
+    measured = tmp_path / "measured.json"
+    measured.write_text(json.dumps(MeasureReport(tuple(synthetic_rows(TRUTH))).to_dict()))
+    plots = tmp_path / "plots" / "fit"
+    result = CliRunner().invoke(app, ["fit-transport", str(measured), "--out", str(tmp_path / "m.json"),
+                                      "--plot-dir", str(plots)])
+    assert result.exit_code == 0, result.output
+    for name in ("measured_vs_simulated.png", "measured_busbw.png"):
+        data = (plots / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
+
+
+def test_fit_transport_refuses_a_plot_dir_that_is_a_file(tmp_path: Path) -> None:
+    measured = tmp_path / "measured.json"
+    measured.write_text(json.dumps(MeasureReport(tuple(synthetic_rows(TRUTH))).to_dict()))
+    blocker = tmp_path / "plots"
+    blocker.write_text("")
+    result = CliRunner().invoke(app, ["fit-transport", str(measured), "--out", str(tmp_path / "m.json"),
+                                      "--plot-dir", str(blocker)])
+    assert result.exit_code != 0 and not (tmp_path / "m.json").exists()

@@ -55,11 +55,11 @@ def test_unreachable_server_gives_a_clear_error_after_the_retry_budget(moto_serv
 
 
 def test_permanent_errors_are_not_retried(moto_server) -> None:
-    st = S3Storage("s3://no-such-bucket-here/ck", attempts=5, backoff_s=1.0)
+    st = S3Storage("s3://no-such-bucket-here/ck", attempts=5, backoff_s=10.0, max_backoff_s=10.0)
     start = time.monotonic()
     with pytest.raises(StorageError, match="s3://no-such-bucket-here/ck/metadata.json failed: .*NoSuchBucket"):
         st.commit("metadata.json", b"{}")
-    assert time.monotonic() - start < 1.0  # no backoff waits
+    assert time.monotonic() - start < 5.0  # one retry would have waited at least 5 s (half the backoff)
 
 
 def test_transient_outage_is_retried_until_the_server_is_back(moto_server) -> None:

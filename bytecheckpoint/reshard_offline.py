@@ -39,6 +39,7 @@ from .boxes import ShardBox, check_tiling
 from .checksums import block_hashes
 from .commit import abandon_save, begin_save, commit_save
 from .errors import CheckpointError, CheckpointExistsError
+from .events import OperationEvents
 from .loader import read_box, read_metadata
 from .metadata import METADATA_FILE, CheckpointMetadata, ChunkLocation, SavedChunk, TensorEntry, WriterInfo
 from .reader import check_chunk_bytes
@@ -190,8 +191,21 @@ def reshard_checkpoint(source: Storage, destination: Storage, layout: TargetLayo
     """Rewrite ``source`` at ``destination`` with one data file per rank of ``layout``; commit last.
 
     Refuses (before writing anything) a destination that already holds a committed checkpoint, and a
-    layout that does not fit. Memory: one target box at a time.
+    layout that does not fit. Memory: one target box at a time. Emits the ``reshard`` operation's
+    events (phases ``reshard`` and ``commit``) for metrics and the event log.
     """
+    events = OperationEvents("reshard", destination.url, 0)
+    try:
+        summary = _reshard(source, destination, layout, progress, events)
+    except BaseException as exc:
+        events.finish(exc)
+        raise
+    events.finish()
+    return summary
+
+
+def _reshard(source: Storage, destination: Storage, layout: TargetLayout | LayoutBuilder,
+             progress: Progress | None, events: OperationEvents) -> ReshardSummary:
     started = time.perf_counter()
     metadata = read_metadata(source)
     target = layout(metadata) if callable(layout) else layout
@@ -208,19 +222,23 @@ def reshard_checkpoint(source: Storage, destination: Storage, layout: TargetLayo
     chunks: dict[str, list[SavedChunk]] = {e.fqn: [] for e in metadata.tensors}
     bytes_per_rank = []
     try:
-        for rank, boxes in enumerate(target.ranks):
-            name = data_file_name(save_id, rank)
-            work = [(e, box) for e in metadata.tensors for box in sorted(boxes.get(e.fqn, ()), key=lambda b: b.offsets)]
-            if not work:
-                bytes_per_rank.append(0)
-                continue
-            written.append(name)
-            rank_chunks = _write_rank_file(source, destination, name, metadata, work, progress)
-            for fqn, chunk in rank_chunks:
-                chunks[fqn].append(chunk)
-            bytes_per_rank.append(sum(c.location.length for _, c in rank_chunks))
+        with events.timed("reshard") as rewrite:
+            for rank, boxes in enumerate(target.ranks):
+                name = data_file_name(save_id, rank)
+                work = [(e, box) for e in metadata.tensors
+                        for box in sorted(boxes.get(e.fqn, ()), key=lambda b: b.offsets)]
+                if not work:
+                    bytes_per_rank.append(0)
+                    continue
+                written.append(name)
+                rank_chunks = _write_rank_file(source, destination, name, metadata, work, progress)
+                for fqn, chunk in rank_chunks:
+                    chunks[fqn].append(chunk)
+                bytes_per_rank.append(sum(c.location.length for _, c in rank_chunks))
+                rewrite.bytes = sum(bytes_per_rank)
         new = _new_metadata(metadata, chunks, target, bytes_per_rank)
-        commit_save(destination, save_id, new.to_json(), new.data_files, COMMIT_TIMEOUT_S)
+        with events.timed("commit"):
+            commit_save(destination, save_id, new.to_json(), new.data_files, COMMIT_TIMEOUT_S)
     except BaseException:
         abandon_save(destination, written, save_id)
         raise

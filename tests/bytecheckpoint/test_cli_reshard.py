@@ -144,3 +144,25 @@ def test_reshard_reads_a_dcp_checkpoint(tmp_path: Path, capsys) -> None:
     full = bcp.load_full(tmp_path / "ours")
     assert torch.equal(full["w"], state["w"]) and torch.equal(full["b"], state["b"])
     assert run(capsys, "diff", str(tmp_path / "dcp"), str(tmp_path / "ours"))[0] == 0
+
+
+def test_reshard_emits_its_operation_and_phase_events(tmp_path: Path) -> None:
+    from bytecheckpoint.events import OperationEvent, PhaseEvent, subscribe
+    from bytecheckpoint.reshard_offline import dim0_layout, reshard_checkpoint
+    from bytecheckpoint.storage import resolve_storage
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    bcp.save(src, full_state())
+    seen: list = []
+    unsubscribe = subscribe(seen.append)
+    try:
+        source = resolve_storage(str(src))
+        summary = reshard_checkpoint(source, resolve_storage(str(dst)), lambda md: dim0_layout(md, 2))
+        with pytest.raises(bcp.CheckpointError, match="already holds a checkpoint"):
+            reshard_checkpoint(source, resolve_storage(str(dst)), lambda md: dim0_layout(md, 2))
+    finally:
+        unsubscribe()
+    ops = [e for e in seen if isinstance(e, OperationEvent) and e.operation == "reshard"]
+    phases = [(e.phase, e.bytes, e.error) for e in seen if isinstance(e, PhaseEvent) and e.operation == "reshard"]
+    assert [(o.error, o.bytes) for o in ops] == [(None, sum(summary.bytes_per_rank)), ("CheckpointExistsError", 0)]
+    assert phases == [("reshard", sum(summary.bytes_per_rank), None), ("commit", 0, None)]

@@ -105,9 +105,16 @@ def _run_all(
     return results  # type: ignore[return-value]  # no None when nothing failed
 
 
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+
+
 def _recv_exact(sock: socket.socket, view: memoryview, what: str) -> None:
+    """Fill ``view`` from ``sock``. Quick-ACK mode is re-armed before every read (Linux drops it after
+    a while): delayed ACKs stalled many-flow collectives by ~40 ms per step on a shaped fabric."""
     got = 0
     while got < len(view):
+        if _QUICKACK is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
         n = sock.recv_into(view[got:], min(_CHUNK, len(view) - got))
         if n == 0:
             raise PeerDisconnected(f"{what}: connection closed after {got} of {len(view)} bytes")

@@ -74,13 +74,14 @@ def commit_save(storage: Storage, save_id: str, encoded: bytes, data_files: list
     try:
         with commit_lock(storage, timeout_s):
             replaced = _read_if_present(storage, METADATA_FILE)
+            marks = _mark_for_deletion(storage, replaced, set(data_files))
             try:
                 storage.commit(METADATA_FILE, encoded)
             except BaseException:
                 # the data is garbage unless the metadata got published anyway (e.g. only the
                 # directory fsync failed): then it is a committed checkpoint's and must stay
                 if not _is_committed(storage, encoded):
-                    abandon_save(storage, data_files, save_id)
+                    abandon_save(storage, [*data_files, *marks], save_id)  # the old checkpoint stays as it was
                 raise
             _cleanup_after_commit(storage, save_id, replaced, set(data_files))
     except CommitConflictError:
@@ -88,15 +89,44 @@ def commit_save(storage: Storage, save_id: str, encoded: bytes, data_files: list
         raise
 
 
+def _replaced_folders(storage: Storage, replaced: bytes | None, keep: set[str]) -> tuple[set[str], list[str]]:
+    """The data folders of the replaced checkpoint that the new one does not use, and its other
+    files that the new one does not use (in folders it shares)."""
+    if replaced is None:
+        return set(), []
+    old = CheckpointMetadata.from_json(replaced, storage.describe(METADATA_FILE))
+    kept_folders = {name.split("/")[1] for name in keep if name.count("/") >= 2}
+    folders = {name.split("/")[1] for name in old.data_files if name.count("/") >= 2} - kept_folders
+    loose = [name for name in old.data_files
+             if name not in keep and (name.count("/") < 2 or name.split("/")[1] not in folders)]
+    return folders, loose
+
+
+def _mark_for_deletion(storage: Storage, replaced: bytes | None, keep: set[str]) -> list[str]:
+    """Put this process's lease in each folder the commit is about to make garbage, so that if it
+    dies before deleting them, a later commit finds them stale and collects them (a folder of a
+    committed checkpoint has no lease of its own). Returns the leases written."""
+    marks: list[str] = []
+    try:
+        folders, _ = _replaced_folders(storage, replaced, keep)
+        for folder in sorted(folders):
+            name = f"{DATA_DIR}/{folder}/{SAVE_LEASE}"
+            storage.commit(name, Lease.mine().encode())
+            marks.append(name)
+    except (CheckpointError, OSError) as exc:
+        log.warning("could not mark the replaced data of %s for deletion: %s", storage.url, exc)
+    return marks
+
+
 def _cleanup_after_commit(storage: Storage, save_id: str, replaced: bytes | None, keep: set[str]) -> None:
     """Drop the lease, the replaced checkpoint's data and dead saves' folders (commit lock held)."""
     try:
         storage.delete(save_lease_name(save_id))
-        if replaced is not None:
-            old = CheckpointMetadata.from_json(replaced, storage.describe(METADATA_FILE))
-            for name in old.data_files:
-                if name not in keep:
-                    storage.delete(name)
+        folders, loose = _replaced_folders(storage, replaced, keep)
+        for name in loose:
+            storage.delete(name)
+        for folder in folders:
+            storage.delete_prefix(f"{DATA_DIR}/{folder}")
         collect_data_garbage(storage, keep)
     except (CheckpointError, OSError) as exc:
         # the new checkpoint is committed; what was not removed is garbage for a later commit

@@ -407,3 +407,39 @@ def test_a_running_saves_files_are_never_deleted_by_another_commit(tmp_path) -> 
     bcp.save(path, state_for(2))
     assert not (path / "data" / "inflight").exists()
     assert Path(path / "metadata.json").exists()
+
+
+_DIE_AFTER_PUBLISHING = """
+import os, sys
+import bytecheckpoint as bcp
+from bytecheckpoint import commit
+from tests.bytecheckpoint.test_concurrency import state_for
+commit._cleanup_after_commit = lambda *args, **kwargs: os._exit(0)  # killed right after the metadata went out
+bcp.save(sys.argv[1], state_for(2))
+"""
+
+
+def test_data_replaced_by_a_writer_that_died_before_deleting_it_is_collected(tmp_path) -> None:
+    """A committed checkpoint's folder has no lease; a writer that replaces it and dies before deleting
+    it must leave it marked, so that the next commit collects it (found by the many-writer test)."""
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "ckpt")
+    bcp.save(path, state_for(1))
+    storage = resolve_storage(path)
+    first = {name.split("/")[1] for name in read_metadata(storage).data_files}
+    subprocess.run([sys.executable, "-c", _DIE_AFTER_PUBLISHING, path], check=True, timeout=300,
+                   cwd=Path(__file__).resolve().parents[2])
+    target = blank()
+    bcp.load(path, target)
+    assert whole(target) == 2  # the dead writer's checkpoint is committed, whole
+    assert {name.split("/")[1] for name in storage.list("data")} >= first  # the replaced data is still there
+    for folder in first:
+        lease = Lease.read(storage, f"data/{folder}/.lease")
+        assert lease is not None and lease.is_stale(24 * 3600.0), "the replaced folder is not marked by the dead writer"
+
+    bcp.save(path, state_for(3))
+    referenced = {name.split("/")[1] for name in read_metadata(storage).data_files}
+    assert {name.split("/")[1] for name in storage.list("data")} == referenced
+    assert not storage.exists(COMMIT_LOCK)

@@ -126,7 +126,7 @@ def _cleanup_after_commit(storage: Storage, save_id: str, replaced: bytes | None
         for name in loose:
             storage.delete(name)
         for folder in folders:
-            storage.delete_prefix(f"{DATA_DIR}/{folder}")
+            delete_save_folder(storage, folder)
         collect_data_garbage(storage, keep)
     except (CheckpointError, OSError) as exc:
         # the new checkpoint is committed; what was not removed is garbage for a later commit
@@ -151,11 +151,22 @@ def collect_data_garbage(storage: Storage, keep: set[str], force: bool = False,
             continue
         if lease is None and not force and not left_by_dead_writers(storage.list(f"{DATA_DIR}/{folder}")):
             continue
-        storage.delete_prefix(f"{DATA_DIR}/{folder}")
+        delete_save_folder(storage, folder)
         removed.append(folder)
     if removed:
         log.info("removed the data of %d dead save(s) under %s: %s", len(removed), storage.url, removed)
     return removed
+
+
+def delete_save_folder(storage: Storage, folder: str) -> None:
+    """Delete ``data/<folder>``: its lease last, so a deletion cut short (a killed process) leaves
+    the folder stale and collectable, never data without a lease."""
+    prefix = f"{DATA_DIR}/{folder}"
+    lease = f"{prefix}/{SAVE_LEASE}"
+    for name in storage.list(prefix):
+        if name != lease:
+            storage.delete(name)
+    storage.delete_prefix(prefix)
 
 
 def left_by_dead_writers(names: list[str]) -> bool:

@@ -12,29 +12,21 @@ from pathlib import Path
 import pytest
 
 from bytecheckpoint.cli import main
+from tests.cli_checks import one_error_line, run_main
+
+__all__ = ["CliResult", "invoke", "one_error_line", "run", "run_script"]
 
 SCRIPT = Path(sys.executable).with_name("bytecheckpoint")
 
 
 def run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
     """Run ``bytecheckpoint ARGS`` in this process; its exit code, stdout and stderr."""
-    with pytest.raises(SystemExit) as stop:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return stop.value.code, out, err
+    return run_main(main, capsys, *args)
 
 
 def run_script(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The installed console script, as a user runs it."""
     return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=300, check=False, cwd=cwd)
-
-
-def one_error_line(err: str) -> str:
-    """``err`` is exactly one line ``error: ...`` without markup or traceback; returns it."""
-    lines = err.strip("\n").split("\n")
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err and "[red]" not in err and "[/]" not in err
-    return lines[0]
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import typer
 from flsim.cli import Packing, app, main
 from flsim.model import PACKINGS
 from integrations.cli_style import toolkit_version
+from tests.cli_checks import one_error_line, run_main
 from tests.flsim.test_metrics import finished_run
 
 FLSIM = Path(sys.executable).parent / "flsim"  # the installed console script
@@ -26,16 +27,7 @@ ENV = dict(os.environ, COLUMNS="200")
 
 def invoke(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """Run ``flsim ARGS`` in this process: (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as stop:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return stop.value.code, out, err
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
+    return run_main(main, capsys, *args)
 
 
 def test_version_and_errors_of_the_console_script(tmp_path: Path) -> None:

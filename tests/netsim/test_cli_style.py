@@ -16,6 +16,7 @@ import typer
 import netsim.cli
 from integrations.cli_style import toolkit_version
 from netsim.cli import app, main
+from tests.cli_checks import one_error_line, run_main
 
 NETSIM = Path(sys.executable).parent / "netsim"  # the installed console script
 SMALL = ["--leaves", "2", "--hosts-per-leaf", "2", "--spines", "2"]
@@ -23,16 +24,7 @@ SMALL = ["--leaves", "2", "--hosts-per-leaf", "2", "--spines", "2"]
 
 def invoke(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """Run ``netsim ARGS`` in this process: (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as stop:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return stop.value.code, out, err
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
+    return run_main(main, capsys, *args)
 
 
 def test_console_script_version_and_error_stream() -> None:

@@ -1,7 +1,8 @@
 """Demo: a Megatron-Core GPT (3 layers, vocab 301: neither divides evenly) trains on 4 gloo ranks at
 TP2 x PP2 x DP1 with the distributed optimizer, checkpoints with ``framework="megatron"`` after
---stop-at steps and goes on (the uninterrupted run); then the checkpoint resumes at TP1 x PP1 x DP4
-and at TP4 x PP1 x DP1. Every resumed loss must equal the uninterrupted run's (to float rounding:
+--stop-at steps and goes on (the uninterrupted run); then the checkpoint resumes at TP1 x PP1 x DP4,
+and at TP4 x PP1 x DP1 from a copy resharded offline for that layout (what ``bytecheckpoint reshard
+--tp 4`` writes: one file per rank). Every resumed loss must equal the uninterrupted run's (to float rounding:
 another layout sums in another order).
 
     python tools/demo_megatron.py [--steps 8] [--stop-at 4]
@@ -13,17 +14,24 @@ import argparse
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import torch.distributed
+
 import bytecheckpoint as bcp
+from bytecheckpoint.reshard_offline import reshard_checkpoint
+from bytecheckpoint.storage import LocalStorage
+from integrations.megatron.offline_layout import MegatronTarget, megatron_layout
 from tests.dist_harness import run_ranks
 from tests.integrations.megatron_gpt import Layout
 
 PRELOAD = ("megatron.core", "megatron.core.models.gpt", "megatron.core.optimizer", "tests.integrations.megatron_gpt")
 SOURCE = Layout(2, 2, 1, True)
 TARGETS = (Layout(1, 1, 4, True), Layout(4, 1, 1, False))
+OFFLINE = TARGETS[1]  # loads the offline-resharded copy
 
 
 def _run(rank: int, world: int, path: str, steps: int, stop_at: int) -> dict[str, list]:
@@ -35,11 +43,15 @@ def _run(rank: int, world: int, path: str, steps: int, stop_at: int) -> dict[str
     bcp.save(path, {"model": ddp, "optimizer": opt, "scheduler": sched, "extra_state": {"step": stop_at}},
              framework="megatron", timeout=120)
     save_s = time.perf_counter() - saved_at
+    if rank == 0:
+        target = MegatronTarget(OFFLINE.tp, OFFLINE.pp, OFFLINE.dp)
+        reshard_checkpoint(LocalStorage(path), LocalStorage(f"{path}-offline"), partial(megatron_layout, target=target))
+    torch.distributed.barrier()
     losses[str(SOURCE)] += train(ddp, opt, sched, range(stop_at, steps))
     for target in TARGETS:
         ddp, opt, sched = build(target, seed=123, lr=0.5)  # only the checkpoint can make it right
         state = {"model": ddp, "optimizer": opt, "scheduler": sched, "extra_state": None}
-        bcp.load(path, state, framework="megatron", timeout=120)
+        bcp.load(f"{path}-offline" if target == OFFLINE else path, state, framework="megatron", timeout=120)
         losses[str(target)] = [None] * state["extra_state"]["step"] + train(ddp, opt, sched, range(stop_at, steps))
     return {"losses": losses, "save_s": save_s}
 
@@ -70,7 +82,7 @@ def main() -> None:
         if step >= args.stop_at:
             worst = max(worst, *(abs(v - row[0]) for v in row[1:]))
     ok = worst < 1e-4
-    print(f"resumed at {', '.join(map(str, TARGETS))}: largest loss difference from the uninterrupted run "
+    print(f"resumed at {', '.join(map(str, TARGETS))} ({OFFLINE} from the offline-resharded copy): largest loss difference from the uninterrupted run "
           f"{worst:.2e} -> {'OK' if ok else 'MISMATCH'}")
     sys.exit(0 if ok else 1)
 

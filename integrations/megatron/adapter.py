@@ -24,6 +24,7 @@ from ..reshardable import RNGState, apply_layout, as_reshardable, load_layout, s
 from . import optimizer_state as optim
 from .data_parallel import apply_dp_layout, save_dp_layout
 from .layout import TensorLayout, clip_to, group_pieces, module_layouts
+from .offline_layout import DESCRIPTION_KEY, describe_model
 
 VOCAB_ATTR = "bcp_vocab_size"
 VOCAB_KEY = "_vocab_size"  # beside the model's tensors: the declared unpadded vocabulary, or None
@@ -72,7 +73,7 @@ class MegatronAdapter:
         out: dict[str, Any] = {}
         for key, value in checkpoint_state.items():
             if isinstance(value, nn.Module):
-                out[key] = {**_model_state(unwrap(value)), VOCAB_KEY: getattr(unwrap(value), VOCAB_ATTR, None)}
+                out[key] = _model_state(unwrap(value))
             elif self._is_optimizer(value):
                 out[key] = optim.optimizer_checkpoint(value, self._param_layouts(self._model(checkpoint_state, key)))
             elif self._is_scheduler(value):
@@ -90,6 +91,8 @@ class MegatronAdapter:
         for key, value in checkpoint_state.items():
             if isinstance(value, nn.Module):
                 targets[key] = {**_model_targets(unwrap(value), saved, key), VOCAB_KEY: None}
+                if saved.has((key, DESCRIPTION_KEY)):  # absent from megatron_view saves
+                    targets[key][DESCRIPTION_KEY] = None
             elif self._is_optimizer(value):
                 layouts = self._param_layouts(self._model(checkpoint_state, key))
                 targets[key] = optim.optimizer_targets(value, layouts, saved, key)
@@ -117,10 +120,10 @@ class MegatronAdapter:
                 checkpoint_state[key] = targets[key]
 
 
-def _local_entries(model: nn.Module) -> list[tuple[TensorLayout, list]]:
+def _local_entries(model: nn.Module, layouts: dict[str, TensorLayout]) -> list[tuple[TensorLayout, list]]:
     state = model.state_dict(keep_vars=True)
     entries = []
-    for name, layout in module_layouts(model).items():
+    for name, layout in layouts.items():
         tensor = state[name].detach()
         if not tensor.is_contiguous():
             raise UnsupportedValueError(f"{name}: Megatron tensor is not contiguous; it cannot be viewed as boxes")
@@ -128,14 +131,22 @@ def _local_entries(model: nn.Module) -> list[tuple[TensorLayout, list]]:
     return entries
 
 
-def _model_state(model: nn.Module) -> dict[str, ShardedPieces]:
-    entries = _local_entries(model)
-    return group_pieces(entries, {layout.key: pieces[0].data.dtype for layout, pieces in entries})
+def _model_state(model: nn.Module) -> dict[str, Any]:
+    """The model's tensors as boxes of Megatron's global tensors, its declared vocabulary and the
+    parallel description offline reshards use (offline_layout)."""
+    from megatron.core import parallel_state as ps
+
+    layouts = module_layouts(model)
+    entries = _local_entries(model, layouts)
+    parallel = {"tp": ps.get_tensor_model_parallel_world_size(), "pp": ps.get_pipeline_model_parallel_world_size(),
+                "dp": ps.get_data_parallel_world_size()}
+    return {**group_pieces(entries, {layout.key: pieces[0].data.dtype for layout, pieces in entries}),
+            VOCAB_KEY: getattr(model, VOCAB_ATTR, None), DESCRIPTION_KEY: describe_model(model, layouts, parallel)}
 
 
 def _model_targets(model: nn.Module, saved: SavedCheckpoint, key: str) -> dict[str, ShardedPieces]:
     entries = []
-    for layout, pieces in _local_entries(model):
+    for layout, pieces in _local_entries(model, module_layouts(model)):
         entry = saved.tensor((key, layout.key))
         if entry is not None and layout.vocab_padding_differs(entry.shape):
             _check_vocab(model, saved, key, layout, entry.shape)

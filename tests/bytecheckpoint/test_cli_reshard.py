@@ -10,25 +10,11 @@ import torch
 
 import bytecheckpoint as bcp
 from bytecheckpoint.reshard_offline import dim0_boxes
-from bytecheckpoint.storage import LocalStorage
 from tests.bytecheckpoint.cli_runner import one_error_line, run
+from tests.counting_storage import CountingStorage
 from tests.dist_harness import run_ranks
 
 W_SHAPE, B_SHAPE = (10, 6), (7,)
-
-
-class CountingStorage(LocalStorage):
-    """Local storage that records which files a load reads data from."""
-
-    def __init__(self, root: str) -> None:
-        super().__init__(root, fsync=False)
-        self.files_read: set[str] = set()
-        self.reads = 0
-
-    def read_into(self, name: str, offset: int, buffer: memoryview) -> int:
-        self.files_read.add(name)
-        self.reads += 1
-        return super().read_into(name, offset, buffer)
 
 
 def full_state() -> dict:

@@ -107,13 +107,24 @@ def emit(event: Event) -> None:
 
 
 class OperationEvents:
-    """The events of one operation on one rank: ``phase(...)`` per phase, ``finish(...)`` once at the end."""
+    """The events of one operation on one rank: ``phase(...)`` per phase, ``finish(...)`` once at the end.
+
+    As a context manager it finishes on leaving: failed with the exception that escapes, else with
+    ``failure`` when one was set (an operation that reports a problem without raising), else ok.
+    """
 
     def __init__(self, operation: str, path: str, rank: int, step: int | None = None) -> None:
         configure_from_environment()
         self.operation, self.path, self.rank, self.step = operation, path, rank, step
         self.started = time.perf_counter()
         self.bytes = 0
+        self.failure: BaseException | None = None
+
+    def __enter__(self) -> OperationEvents:  # noqa: PYI034 (typing.Self needs Python 3.11)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        self.finish(exc if exc is not None else self.failure)
 
     def phase(self, name: str, seconds: float, nbytes: int = 0, error: BaseException | None = None) -> None:
         """Emit the end of phase ``name``, which took ``seconds`` and moved ``nbytes`` on this rank."""

@@ -112,14 +112,8 @@ def run_load(
     MissingDataFileError (corruption)."""
     wait_for_pending_save()
     comm = Communicator(opts.process_group, opts.timeout)
-    events = OperationEvents("load", storage.url, comm.rank, opts.step)
-    try:
-        summary = _run_load(storage, state, strict, opts, adapter, comm, events)
-    except BaseException as exc:
-        events.finish(exc)
-        raise
-    events.finish()
-    return summary
+    with OperationEvents("load", storage.url, comm.rank, opts.step) as events:
+        return _run_load(storage, state, strict, opts, adapter, comm, events)
 
 
 def _run_load(storage: Storage, state: dict, strict: bool, opts: LoadOptions,
@@ -325,19 +319,22 @@ def load_full_state(storage: Storage, allow_pickle: bool) -> dict:
     Nothing is allocated before everything was checked: the metadata (the chunks tile each tensor,
     sizes are bounded), the values, and the data files (each is a regular file holding every byte
     range the metadata points into, and no two chunks share bytes), so the memory taken is at most
-    the size of the data files."""
-    metadata = read_metadata(storage, allow_pickle)
-    values = [(v.path, decode_value(v.encoded, v.fqn, allow_pickle)) for v in metadata.values]
-    check_chunk_bytes(storage, metadata.tensors)
-    out: dict = {}
-    items: list[CopyItem] = []
-    for entry in metadata.tensors:
-        whole, pieces = _whole_tensor(entry)
-        items += plan_copies(entry, pieces)
-        _insert(out, entry.path, whole)
-    for path, value in values:
-        _insert(out, path, value)
-    _execute(storage, metadata, items, READ_THREADS)
+    the size of the data files. Emits operation ``load_full`` (phases ``metadata``, ``read``)."""
+    with OperationEvents("load_full", storage.url, 0) as events:
+        with events.timed("metadata"):
+            metadata = read_metadata(storage, allow_pickle)
+        with events.timed("read") as read:
+            values = [(v.path, decode_value(v.encoded, v.fqn, allow_pickle)) for v in metadata.values]
+            check_chunk_bytes(storage, metadata.tensors)
+            out: dict = {}
+            items: list[CopyItem] = []
+            for entry in metadata.tensors:
+                whole, pieces = _whole_tensor(entry)
+                items += plan_copies(entry, pieces)
+                _insert(out, entry.path, whole)
+            for path, value in values:
+                _insert(out, path, value)
+            read.bytes = _execute(storage, metadata, items, READ_THREADS)
     return out
 
 
@@ -391,8 +388,19 @@ def verify_checkpoint(storage: Storage) -> VerifyReport:
 
 def find_damage(storage: Storage) -> tuple[VerifyReport, list[CorruptCheckpointError]]:
     """What ``verify_checkpoint`` checks, returned instead of raised: the report (bytes that could be
-    read) and one error per damaged chunk. Errors reading the metadata are raised."""
-    metadata = read_metadata(storage)
+    read) and one error per damaged chunk. Errors reading the metadata are raised. Emits operation
+    ``verify`` (phases ``metadata``, ``read``), failed with the first problem's class if any."""
+    with OperationEvents("verify", storage.url, 0) as events:
+        with events.timed("metadata"):
+            metadata = read_metadata(storage)
+        with events.timed("read") as read:
+            report, problems = _check_chunks(storage, metadata)
+            read.bytes = report.bytes_verified
+        events.failure = problems[0] if problems else None
+    return report, problems
+
+
+def _check_chunks(storage: Storage, metadata: CheckpointMetadata) -> tuple[VerifyReport, list[CorruptCheckpointError]]:
     chunks = sum(len(t.chunks) for t in metadata.tensors)
     if is_dcp(metadata):
         nbytes, damaged = check_dcp_chunks(storage, metadata)

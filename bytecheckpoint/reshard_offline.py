@@ -194,14 +194,8 @@ def reshard_checkpoint(source: Storage, destination: Storage, layout: TargetLayo
     layout that does not fit. Memory: one target box at a time. Emits the ``reshard`` operation's
     events (phases ``reshard`` and ``commit``) for metrics and the event log.
     """
-    events = OperationEvents("reshard", destination.url, 0)
-    try:
-        summary = _reshard(source, destination, layout, progress, events)
-    except BaseException as exc:
-        events.finish(exc)
-        raise
-    events.finish()
-    return summary
+    with OperationEvents("reshard", destination.url, 0) as events:
+        return _reshard(source, destination, layout, progress, events)
 
 
 def _reshard(source: Storage, destination: Storage, layout: TargetLayout | LayoutBuilder,

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..api import load_full, save
+from ..events import OperationEvents
 from ..metadata import Path, fqn_of
 from ..storage import resolve_storage
 from .dcp import write_dcp
@@ -97,11 +98,22 @@ def export_checkpoint(
     start = time.perf_counter()
     if max_shard_bytes <= 0:
         raise ConversionError(f"max_shard_bytes must be > 0, got {max_shard_bytes}")
-    tensors, values = leaves(load_full(src), src)
-    renamer = Renamer(rename)
-    tensors = [(renamer.path(p), t) for p, t in tensors]
-    values = [(renamer.path(p), v) for p, v in values]
-    state = nest([*tensors, *values], f"{src} (renamed)")
+    with OperationEvents("export", dst, 0) as events:
+        with events.timed("load"):  # its own load_full operation counts the bytes read
+            tensors, values = leaves(load_full(src), src)
+        renamer = Renamer(rename)
+        tensors = [(renamer.path(p), t) for p, t in tensors]
+        values = [(renamer.path(p), v) for p, v in values]
+        state = nest([*tensors, *values], f"{src} (renamed)")
+        with events.timed("write") as write:
+            files = _write_export(fmt, dst, state, tensors, values, max_shard_bytes, progress)
+            write.bytes = _nbytes(tensors)
+    return ExportReport(src, dst, fmt.value, len(tensors), len(values), _nbytes(tensors), tuple(files),
+                        time.perf_counter() - start)
+
+
+def _write_export(fmt: ExportFormat, dst: str, state: dict, tensors: list[tuple[Path, torch.Tensor]],
+                  values: list[tuple[Path, Any]], max_shard_bytes: int, progress: Progress | None) -> list[str]:
     if fmt is ExportFormat.TORCH:
         storage, name = file_location(dst)
         if storage.exists(name):
@@ -109,18 +121,14 @@ def export_checkpoint(
         size = write_torch_file(storage, name, state)
         if progress:
             progress(size)
-        files = [name]
-    elif fmt is ExportFormat.SAFETENSORS:
-        storage = resolve_storage(dst)
+        return [name]
+    storage = resolve_storage(dst)
+    if fmt is ExportFormat.SAFETENSORS:
         require_empty(storage, "safetensors")
         flat = [FlatTensor(fqn_of(p), p, t) for p, t in tensors]
-        files = write_safetensors(storage, flat, values, max_shard_bytes, progress)
-    else:
-        storage = resolve_storage(dst)
-        require_empty(storage, "DCP")
-        files = write_dcp(storage, state, progress)
-    return ExportReport(src, dst, fmt.value, len(tensors), len(values), _nbytes(tensors), tuple(files),
-                        time.perf_counter() - start)
+        return write_safetensors(storage, flat, values, max_shard_bytes, progress)
+    require_empty(storage, "DCP")
+    return write_dcp(storage, state, progress)
 
 
 def import_checkpoint(
@@ -139,14 +147,30 @@ def import_checkpoint(
     """
     fmt = _choice(ImportFormat, from_, "from_")
     start = time.perf_counter()
-    tensors: list[tuple[Path, torch.Tensor]]
-    values: list[tuple[Path, Any]]
+    with OperationEvents("import", dst, 0) as events:
+        with events.timed("read") as read:
+            tensors, values = _read_import(fmt, src, progress)
+            read.bytes = _nbytes(tensors)
+        renamer = Renamer(rename)
+        tensors = [(renamer.path(p), t) for p, t in tensors]
+        values = [(renamer.path(p), v) for p, v in values]
+        with events.timed("save"):  # its own save operation counts the bytes written
+            save(dst, nest([*tensors, *values], f"{src} (renamed)"))
+    files = resolve_storage(dst).list()
+    return ImportReport(src, dst, fmt.value, len(tensors), len(values), _nbytes(tensors), tuple(files),
+                        time.perf_counter() - start)
+
+
+def _read_import(fmt: ImportFormat, src: str, progress: Progress | None
+                 ) -> tuple[list[tuple[Path, torch.Tensor]], list[tuple[Path, Any]]]:
+    """The tensors and plain values of ``src`` in format ``fmt``, by key path."""
     if fmt is ImportFormat.TORCH:
         storage, name = file_location(src)
         tensors, values = leaves(read_torch_file(storage, name), storage.describe(name))
         if progress:
             progress(_nbytes(tensors))
-    elif fmt is ImportFormat.SAFETENSORS:
+        return tensors, values
+    if fmt is ImportFormat.SAFETENSORS:
         storage, name = file_location(src)
         if name.endswith(".json"):
             flat, metas = read_sharded(storage, read_index(storage, name), storage.describe(name), progress)
@@ -155,22 +179,14 @@ def import_checkpoint(
             metas = [meta]
             if progress:
                 progress(sum(t.numel() * t.element_size() for t in flat.values()))
-        tensors, values = restore_layout(flat, metas, storage.describe(name))
-    elif fmt is ImportFormat.HF_DIR:
+        return restore_layout(flat, metas, storage.describe(name))
+    if fmt is ImportFormat.HF_DIR:
         flat, config = read_hf_dir(resolve_storage(src), progress)
-        tensors = [(("model", key), t) for key, t in flat.items()]
-        values = [(("config",), config)]
-    else:
-        tensors, values = leaves(load_full(src), src)
-        if progress:
-            progress(_nbytes(tensors))
-    renamer = Renamer(rename)
-    tensors = [(renamer.path(p), t) for p, t in tensors]
-    values = [(renamer.path(p), v) for p, v in values]
-    save(dst, nest([*tensors, *values], f"{src} (renamed)"))
-    files = resolve_storage(dst).list()
-    return ImportReport(src, dst, fmt.value, len(tensors), len(values), _nbytes(tensors), tuple(files),
-                        time.perf_counter() - start)
+        return [(("model", key), t) for key, t in flat.items()], [(("config",), config)]
+    tensors, values = leaves(load_full(src), src)
+    if progress:
+        progress(_nbytes(tensors))
+    return tensors, values
 
 
 def _choice(enum: type[Enum], value: str | Enum, arg: str) -> Any:

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import bytecheckpoint as bcp
 from bytecheckpoint.events import STALL, OperationEvent, PhaseEvent
+from bytecheckpoint.interop import export_checkpoint, import_checkpoint
 from bytecheckpoint.storage import LocalStorage
 from bytecheckpoint.telemetry import CheckpointMetrics, metrics_from_environment
 
@@ -373,3 +374,31 @@ def test_every_metric_is_documented_and_every_documented_name_exists() -> None:
     in_prose = set(re.findall(r"\bbytecheckpoint_[a-z_]+", doc))
     unknown = in_prose - usable - set(registered)
     assert not unknown, f"docs name no metric: {sorted(unknown)}"
+
+
+def test_load_full_verify_export_and_import_emit_their_operations(tmp_path) -> None:
+    """The one-process tools report through the same events: what they read and wrote, and failures."""
+    state = {"w": torch.arange(12.0).reshape(3, 4), "b": torch.ones(5, dtype=torch.float64), "step": 3}
+    nbytes = 12 * 4 + 5 * 8
+    bcp.save(tmp_path / "ck", state)
+    seen: list = []
+    unsubscribe = bcp.events.subscribe(seen.append)
+    try:
+        bcp.load_full(tmp_path / "ck")
+        bcp.verify(tmp_path / "ck")
+        export_checkpoint(str(tmp_path / "ck"), str(tmp_path / "st"), to="safetensors")
+        import_checkpoint(str(tmp_path / "st" / "model.safetensors"), str(tmp_path / "back"), from_="safetensors")
+        data = next((tmp_path / "ck").rglob("*.bin"))
+        data.write_bytes(b"\0" * data.stat().st_size)  # every checksum fails
+        with pytest.raises(bcp.CorruptCheckpointError):
+            bcp.verify(tmp_path / "ck")
+    finally:
+        unsubscribe()
+    ops = [(e.operation, e.error, e.bytes) for e in seen if isinstance(e, OperationEvent)]
+    assert ("load_full", None, nbytes) in ops and ("verify", None, nbytes) in ops
+    assert ("export", None, nbytes) in ops and ("import", None, nbytes) in ops
+    assert ("save", None, nbytes) in ops  # the import's own save counts what it wrote
+    assert ("verify", "ChecksumMismatchError", nbytes) in ops
+    phases = {(e.operation, e.phase) for e in seen if isinstance(e, PhaseEvent)}
+    assert {("load_full", "metadata"), ("load_full", "read"), ("verify", "read"), ("export", "load"),
+            ("export", "write"), ("import", "read"), ("import", "save")} <= phases

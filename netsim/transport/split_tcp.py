@@ -23,17 +23,15 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import xxhash
 from typing_extensions import Self
 
 from netsim.transport.buffers import byte_view
 from netsim.transport.errors import MessageLengthError, PeerDisconnected, TransportError, TransportTimeout
+from netsim.transport.event_loop import All, Task, read_exact, run_tasks, write_all
 from netsim.transport.paths import PathPlan, SubflowPath
 
 logger = logging.getLogger(__name__)
@@ -43,7 +41,6 @@ _HELLO = struct.Struct("!IIIIi")
 _HEADER = struct.Struct("!IQQQQQ")
 _STATUS = struct.Struct("!BI")
 _CHUNK = 1 << 20
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -78,44 +75,11 @@ def piece_bounds(total: int, k: int) -> list[tuple[int, int]]:
     return [(total * j // k, total * (j + 1) // k) for j in range(k)]
 
 
-def _run_all(
-    jobs: list[Callable[[], T]], pool: ThreadPoolExecutor, on_error: Callable[[str], None] | None = None
-) -> list[T]:
-    """Run ``jobs`` concurrently (the last one in this thread); after all end, raise the earliest failure.
-
-    ``on_error`` runs as soon as a job fails (the transport closes its sockets, which ends the others; their
-    follow-on errors are not the cause, so the failure that happened first is the one raised).
-    """
-    errors: list[BaseException] = []  # in the order they happened
-
-    def guarded(job: Callable[[], T]) -> T | None:
-        try:
-            return job()
-        except BaseException as exc:  # noqa: BLE001 - collected; the earliest is re-raised below
-            errors.append(exc)
-            if on_error is not None:
-                on_error(str(exc))
-            return None
-
-    futures = [pool.submit(guarded, job) for job in jobs[:-1]]
-    results = [guarded(jobs[-1])] if jobs else []
-    results += [f.result() for f in futures]
-    if errors:
-        raise errors[0]
-    return results  # type: ignore[return-value]  # no None when nothing failed
-
-
-_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
-
-
 def _recv_exact(sock: socket.socket, view: memoryview, what: str) -> None:
-    """Fill ``view`` from ``sock``. Quick-ACK mode is re-armed before every read (Linux drops it after
-    a while): delayed ACKs stalled many-flow collectives by ~40 ms per step on a shaped fabric."""
+    """Fill ``view`` from the blocking ``sock`` (the hello of a new connection)."""
     got = 0
     while got < len(view):
-        if _QUICKACK is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-        n = sock.recv_into(view[got:], min(_CHUNK, len(view) - got))
+        n = sock.recv_into(view[got:], len(view) - got)
         if n == 0:
             raise PeerDisconnected(f"{what}: connection closed after {got} of {len(view)} bytes")
         got += n
@@ -156,7 +120,6 @@ class SplitTcpTransport:
         self._cond = threading.Condition()
         self._closed = False
         self._failure: str | None = None
-        self._pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix=f"split-tcp-{rank}")
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -190,6 +153,7 @@ class SplitTcpTransport:
                 logger.warning("rank %d: dropped an incoming connection: %s", self.rank, exc)
                 sock.close()
                 continue
+            sock.setblocking(False)  # messages go through the event loop
             with self._cond:
                 if self._closed:
                     sock.close()
@@ -269,6 +233,7 @@ class SplitTcpTransport:
                 continue
             sock.settimeout(self.timeout)
             sock.sendall(_HELLO.pack(MAGIC, self.rank, subflow, k, -1 if path.spine is None else path.spine))
+            sock.setblocking(False)  # messages go through the event loop
             return _Conn(sock, subflow, path.spine, sock.getsockname()[1])
         raise TransportError(
             f"rank {self.rank}: no free source port for subflow {subflow} to rank {peer} (spine {path.spine})"
@@ -298,26 +263,22 @@ class SplitTcpTransport:
 
     # -- messages ----------------------------------------------------------------------------------
 
-    def _send_piece(
-        self, peer: int, conn: _Conn, seq: int, total: int, view: memoryview, offset: int
-    ) -> None:
+    def _send_piece(self, peer: int, conn: _Conn, seq: int, total: int, view: memoryview, offset: int) -> Task:
         checksum = xxhash.xxh3_64_intdigest(view) if self.verify else 0
         start = time.perf_counter()
-        conn.sock.sendall(_HEADER.pack(MAGIC, seq, total, offset, len(view), checksum))
-        for pos in range(0, len(view), _CHUNK):
-            conn.sock.sendall(view[pos : pos + _CHUNK])
+        yield from write_all(conn.sock, memoryview(_HEADER.pack(MAGIC, seq, total, offset, len(view), checksum)))
+        yield from write_all(conn.sock, view)
         self.timings.append(
-            SubflowTiming(
-                peer, "send", conn.subflow, conn.spine, conn.port, len(view), start, time.perf_counter()
-            )
+            SubflowTiming(peer, "send", conn.subflow, conn.spine, conn.port, len(view), start, time.perf_counter())
         )
 
     def _recv_piece(
         self, peer: int, j: int, sock: socket.socket, seq: int, view: memoryview, bounds: tuple[int, int]
-    ) -> str | None:
+    ) -> Task:
+        """Receive subflow j's piece in place; a problem text (the status to send back) or None."""
         where = f"rank {self.rank} <- rank {peer} subflow {j}"
         header = bytearray(_HEADER.size)
-        _recv_exact(sock, memoryview(header), where)
+        yield from read_exact(sock, memoryview(header), PeerDisconnected, where)
         start = time.perf_counter()
         magic, got_seq, total, offset, length, checksum = _HEADER.unpack(header)
         if magic != MAGIC or got_seq != seq:
@@ -327,72 +288,48 @@ class SplitTcpTransport:
         if total != len(view) or (offset, offset + length) != bounds:
             scratch = memoryview(bytearray(min(length, _CHUNK)))
             for pos in range(0, length, _CHUNK):  # drain the piece, then report
-                _recv_exact(sock, scratch[: min(_CHUNK, length - pos)], where)
+                yield from read_exact(sock, scratch[: min(_CHUNK, length - pos)], PeerDisconnected, where)
             return (
                 f"message {seq} from rank {peer} has {total} bytes (piece {offset}+{length}); rank "
                 f"{self.rank} expected {len(view)} bytes (piece {bounds[0]}+{bounds[1] - bounds[0]})"
             )
         piece = view[offset : offset + length]
-        _recv_exact(sock, piece, where)
+        yield from read_exact(sock, piece, PeerDisconnected, where)
         if self.verify and xxhash.xxh3_64_intdigest(piece) != checksum:
             return f"message {seq} from rank {peer}: checksum mismatch on subflow {j}"
+        spine = self._in_spine.get((peer, j))
         self.timings.append(
-            SubflowTiming(
-                peer,
-                "recv",
-                j,
-                self._in_spine.get((peer, j)),
-                sock.getpeername()[1],
-                length,
-                start,
-                time.perf_counter(),
-            )
+            SubflowTiming(peer, "recv", j, spine, sock.getpeername()[1], length, start, time.perf_counter())
         )
         return None
 
-    def _send_message(self, peer: int, buf: Any) -> None:
-        view = byte_view(buf, writable=False)
-        conns = self._outbound(peer)
+    def _send_message(self, peer: int, view: memoryview, conns: list[_Conn]) -> Task:
         seq = self._send_seq.get(peer, 0)
         self._send_seq[peer] = seq + 1
-        _run_all(
-            [
-                partial(self._send_piece, peer, c, seq, len(view), view[a:b], a)
-                for c, (a, b) in zip(conns, piece_bounds(len(view), len(conns)))
-            ],
-            self._pool,
-        )
+        yield All([self._send_piece(peer, c, seq, len(view), view[a:b], a)
+                   for c, (a, b) in zip(conns, piece_bounds(len(view), len(conns)))])
+        where = f"rank {self.rank} -> rank {peer} status"
         status = bytearray(_STATUS.size)
-        _recv_exact(conns[0].sock, memoryview(status), f"rank {self.rank} -> rank {peer} status")
+        yield from read_exact(conns[0].sock, memoryview(status), PeerDisconnected, where)
         ok, nbytes = _STATUS.unpack(status)
         if not ok:
             text = bytearray(nbytes)
-            _recv_exact(conns[0].sock, memoryview(text), f"rank {self.rank} -> rank {peer} status")
+            yield from read_exact(conns[0].sock, memoryview(text), PeerDisconnected, where)
             raise MessageLengthError(
                 f"rank {peer} rejected a message from rank {self.rank}: {text.decode(errors='replace')}"
             )
 
-    def _recv_message(self, peer: int, buf: Any) -> None:
-        view = byte_view(buf, writable=True)
-        socks = self._inbound(peer)
+    def _recv_message(self, peer: int, view: memoryview, socks: list[socket.socket]) -> Task:
         seq = self._recv_seq.get(peer, 0)
         self._recv_seq[peer] = seq + 1
-        problems = [
-            p
-            for p in _run_all(
-                [
-                    partial(self._recv_piece, peer, j, s, seq, view, b)
-                    for j, (s, b) in enumerate(zip(socks, piece_bounds(len(view), len(socks))))
-                ],
-                self._pool,
-            )
-            if p
-        ]
+        found = yield All([self._recv_piece(peer, j, s, seq, view, b)
+                           for j, (s, b) in enumerate(zip(socks, piece_bounds(len(view), len(socks))))])
+        problems = [p for p in found if p]
         if problems:
             text = "; ".join(problems).encode()
-            socks[0].sendall(_STATUS.pack(0, len(text)) + text)
+            yield from write_all(socks[0], memoryview(_STATUS.pack(0, len(text)) + text))
             raise MessageLengthError(f"rank {self.rank}: {problems[0]}")
-        socks[0].sendall(_STATUS.pack(1, 0))
+        yield from write_all(socks[0], memoryview(_STATUS.pack(1, 0)))
 
     def exchange(self, sends: dict[int, Any], recvs: dict[int, Any]) -> None:
         """Send ``sends[peer]`` to each peer and receive into ``recvs[peer]`` from each, all concurrently.
@@ -407,12 +344,10 @@ class SplitTcpTransport:
                     f"rank {self.rank}: peer {peer} is not another rank in 0..{self.world - 1}"
                 )
         try:
-            _run_all(
-                [partial(self._send_message, p, b) for p, b in sends.items()]
-                + [partial(self._recv_message, p, b) for p, b in recvs.items()],
-                self._pool,
-                on_error=self.abort,
-            )
+            outbound = {p: self._outbound(p) for p in sends}  # connect first, then wait for peers to connect
+            tasks = [self._send_message(p, byte_view(b, writable=False), outbound[p]) for p, b in sends.items()]
+            tasks += [self._recv_message(p, byte_view(b, writable=True), self._inbound(p)) for p, b in recvs.items()]
+            run_tasks(tasks, self.timeout)
         except TransportError as exc:
             self.abort(str(exc))
             raise
@@ -471,7 +406,6 @@ class SplitTcpTransport:
             except OSError:
                 pass
             sock.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> Self:
         return self

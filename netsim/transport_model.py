@@ -145,9 +145,10 @@ class TransportModel:
 IDEAL = TransportModel(l3l4_header_bytes=0, l2_header_bytes=0, source="ideal")
 # Rounded from `netsim fit-transport` on 396 split-tcp rows (ring all-reduce and all-to-all, 8 ranks, 4 KiB to
 # 4 MiB) on the emulated 4x2x2 leaf-spine at 100 Mbit/s (docs/netsim.md): Linux TCP with 1500-byte MTU driven
-# by a user-space transport. burst_bytes is tbf's bucket there (4 ms at 100 Mbit/s); use 0 on switches.
-TCP_DEFAULT = TransportModel(rate_efficiency=0.98, sharing_loss=0.2, message_startup_s=120e-6,
-                             subflow_startup_s=400e-6, hop_latency_s=20e-6, burst_bytes=50_000,
+# by split-TCP's one-thread event loop. burst_bytes is half of tbf's bucket there (2 ms at 100 Mbit/s); use 0
+# on switches.
+TCP_DEFAULT = TransportModel(rate_efficiency=1.0, sharing_loss=0.2, message_startup_s=20e-6,
+                             subflow_startup_s=100e-6, hop_latency_s=20e-6, burst_bytes=25_000,
                              source="tcp defaults")
 PRESETS = {"ideal": IDEAL, "tcp": TCP_DEFAULT}
 

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The whole GPU run in one call (device tool; kind nvidia-h200-x2 for the 2-GPU part):
+# The whole GPU run in one call (device tool; kind nvidia-h200-x2 for the 2-GPU parts, -x4 or -x8 for 4 and 8 GPUs):
 #   check  - ours saves and loads every kind of CUDA tensor
 #   plain  - 1 GPU: plain state dict of BENCH_MIB MiB (8 GiB) on cuda, every system (ours sync and
 #            async, DCP save / async_save thread and process) and the floors (fsync'd raw write /
 #            read, pinned device-to-host / host-to-device)
-#   fsdp2  - 2 GPUs: FSDP2 + AdamW over NCCL, BENCH_MIB_PER_RANK MiB (3 GiB) per rank, every
-#            system, then each format's checkpoint loaded resharded at 1 GPU (tensors checked)
+#   fsdp2  - every GPU (2, 4 or 8): FSDP2 + AdamW over NCCL, BENCH_MIB_PER_RANK MiB (3 GiB) per rank,
+#            every system, then each format's checkpoint loaded resharded at half the GPUs (tensors checked)
 #   tests  - the CUDA-resident tests, with whatever time is left
-#   megatron - 2 GPUs: a Megatron GPT saved at TP2 over NCCL, loaded at TP1 on 1 GPU and at TP2
+#   megatron - tools/gpu_megatron.py's plan for the GPUs there: 2: TP2 -> TP1, TP2; 4: TP2·PP2 ->
+#            TP1·DP2, TP4; 8: TP2·PP2·DP2 -> TP1·DP4, TP4·DP2, TP1; held-out loss and next steps equal
 #            (GPU_RUN_PARTS=megatron; megatron-core from shared/wheels when it is not installed)
 #   nccl   - 2+ GPUs (not in the default parts): `netsim measure --backend nccl`, one rank per GPU, the
 #            four collectives over NCCL_SIZES (1K:1G); nccl-<collective>.json/.csv (busbw tables)
@@ -86,14 +87,14 @@ fi
 
 if has fsdp2; then
     if [[ "$GPUS" -lt 2 ]]; then
-        echo "== 2 GPUs, FSDP2: skipped, this machine has $GPUS GPU(s) (use the nvidia-h200-x2 kind)" | tee "$OUT/checkpoint-cuda-fsdp2.txt"
+        echo "== FSDP2: skipped, this machine has $GPUS GPU(s) (use a kind with 2 or more)" | tee "$OUT/checkpoint-cuda-fsdp2.txt"
     else
         budget=$(( $(left) - 130 ))          # setup, the resharded loads and the report after the rounds
         (( ${#PEER_ARGS[@]} )) && budget=$(( budget / 2 ))   # the peer reruns its own rounds
         (( budget > 220 )) && budget=220
         (( budget < 40 )) && budget=40
-        echo "== 2 GPUs, FSDP2 over NCCL, ${BENCH_MIB_PER_RANK:-3072} MiB per rank; rounds budget ${budget}s, $(left)s left"
-        timeout --signal=INT $(( $(left) - 5 )) python3 tools/bench_checkpoint.py --mode fsdp2 --device cuda --ranks 2 \
+        echo "== $GPUS GPUs, FSDP2 over NCCL, ${BENCH_MIB_PER_RANK:-3072} MiB per rank; rounds budget ${budget}s, $(left)s left"
+        timeout --signal=INT $(( $(left) - 5 )) python3 tools/bench_checkpoint.py --mode fsdp2 --device cuda --ranks "$GPUS" \
             --mib-per-rank "${BENCH_MIB_PER_RANK:-3072}" --rounds "$ROUNDS" --budget-s "$budget" \
             --reshard-rounds "${BENCH_RESHARD_ROUNDS:-2}" --dir "$SCRATCH" --peer-timeout $(( $(left) - 60 )) \
             "${PEER_ARGS[@]}" --out "$OUT/checkpoint-cuda-fsdp2.json" 2>&1 | tee "$OUT/checkpoint-cuda-fsdp2.txt" || status=1
@@ -109,9 +110,9 @@ if has megatron; then
             && export PYTHONPATH="$PYTHONPATH:/tmp/megatron-site"
     fi
     if [[ "$GPUS" -lt 2 ]]; then
-        echo "== Megatron TP2 -> TP1/TP2: skipped, this machine has $GPUS GPU(s) (use the nvidia-h200-x2 kind)" | tee "$OUT/megatron.txt"
+        echo "== Megatron: skipped, this machine has $GPUS GPU(s) (use a kind with 2 or more)" | tee "$OUT/megatron.txt"
     else
-        echo "== Megatron GPT: TP2 saves on 2 GPUs (NCCL), loads at TP1 on 1 GPU and at TP2; $(left)s left"
+        echo "== Megatron GPT on $GPUS GPUs (NCCL), tools/gpu_megatron.py's plan; $(left)s left"
         timeout $(( $(left) - 5 )) python3 tools/gpu_megatron.py --dir "$SCRATCH/megatron" --out "$OUT/megatron.json" \
             2>&1 | grep -v -i warn | tail -20 | tee "$OUT/megatron.txt" || status=1
         rm -rf "$SCRATCH/megatron"

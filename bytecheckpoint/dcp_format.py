@@ -39,8 +39,6 @@ from .errors import (
     CheckpointError,
     CorruptCheckpointError,
     MetadataError,
-    MissingDataFileError,
-    UnsafeFileError,
     UnsupportedValueError,
 )
 from .limits import MAX_NDIM, MAX_TENSOR_BYTES
@@ -55,7 +53,7 @@ from .metadata import (
     _check_paths,
     _parse_path,
 )
-from .reader import CopyItem, allocate, truncation_error
+from .reader import CopyItem, allocate, read_range_into, truncation_error
 from .storage import Storage
 from .values import encode_value
 
@@ -230,12 +228,7 @@ def _product(shape: Sequence[int]) -> int:
 def _read_blob(storage: Storage, loc: ChunkLocation, what: str, fqn: str) -> bytes:
     buffer = allocate(loc.length, torch.uint8, f"the DCP blob of {what}")
     where = storage.describe(loc.file)
-    try:
-        got = storage.read_into(loc.file, loc.offset, memoryview(buffer.numpy()))
-    except FileNotFoundError:
-        raise MissingDataFileError(f"{where}: data file is missing (needed by {what})") from None
-    except UnsafeFileError as exc:
-        raise UnsafeFileError(f"{exc} (needed by {what})") from None
+    got = read_range_into(storage, loc.file, loc.offset, buffer, what)
     if got < loc.length:
         raise truncation_error(storage, loc.file, loc.offset, loc.offset + loc.length, [fqn])
     blob = buffer.numpy().tobytes()

@@ -148,6 +148,17 @@ def _read_range(storage: Storage, rng: _Range, block_size: int) -> int:
     return len(buffer)
 
 
+def read_range_into(storage: Storage, file: str, offset: int, buffer: torch.Tensor, needed_by: str) -> int:
+    """Read the bytes of ``file`` from ``offset`` into the uint8 ``buffer``; the count read (short at the
+    file's end). A missing or unsafe file is an error naming it and ``needed_by``."""
+    try:
+        return storage.read_into(file, offset, memoryview(buffer.numpy()))
+    except FileNotFoundError:
+        raise MissingDataFileError(f"{storage.describe(file)}: data file is missing (needed by {needed_by})") from None
+    except UnsafeFileError as exc:
+        raise UnsafeFileError(f"{exc} (needed by {needed_by})") from None
+
+
 def read_verified(storage: Storage, chunk: ChunkLocation, items: Sequence[CopyItem], block_size: int) -> torch.Tensor:
     """The whole saved ``chunk`` (which ``items`` copy from), every block verified, in a new buffer."""
     nblocks = len(items[0].chunk.block_hashes)
@@ -163,12 +174,7 @@ def _read_and_verify(storage: Storage, rng: _Range, block_size: int) -> torch.Te
         buffer = rng.items[0][0].dest.reshape(-1).view(torch.uint8)
     else:
         buffer = allocate(rng.end - rng.start, torch.uint8, f"a read buffer of {where} for tensor(s) {names}")
-    try:
-        got = storage.read_into(rng.file, rng.start, memoryview(buffer.numpy()))
-    except FileNotFoundError:
-        raise MissingDataFileError(f"{where}: data file is missing (needed by tensor(s) {names})") from None
-    except UnsafeFileError as exc:
-        raise UnsafeFileError(f"{exc} (needed by tensor(s) {names})") from None
+    got = read_range_into(storage, rng.file, rng.start, buffer, f"tensor(s) {names}")
     if got < len(buffer):
         short = sorted({item.entry.fqn for item, _, _ in rng.items
                         if item.chunk.location.offset + item.chunk.location.length > rng.start + got})

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +11,7 @@ import torch
 
 from ..storage import Storage
 from .errors import ConversionError
+from .json_files import read_json_object
 from .safetensors_format import INDEX_FILE, SINGLE_FILE, read_index, read_safetensors_file, read_sharded
 
 CONFIG_FILE = "config.json"
@@ -21,14 +21,7 @@ def read_hf_dir(
     storage: Storage, progress: Callable[[int], None] | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The weights (by their Hugging Face names) and the parsed config of a model directory."""
-    try:
-        config = json.loads(storage.read(CONFIG_FILE))
-    except FileNotFoundError:
-        raise ConversionError(f"{storage.describe(CONFIG_FILE)}: not found; a Hugging Face model directory has one") from None
-    except ValueError as exc:
-        raise ConversionError(f"{storage.describe(CONFIG_FILE)}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise ConversionError(f"{storage.describe(CONFIG_FILE)}: expected a JSON object, found {type(config).__name__}")
+    config = read_json_object(storage, CONFIG_FILE, "not found; a Hugging Face model directory has one")
     if storage.exists(INDEX_FILE):
         tensors, _ = read_sharded(storage, read_index(storage, INDEX_FILE), storage.describe(INDEX_FILE), progress)
     elif storage.exists(SINGLE_FILE):

@@ -22,6 +22,7 @@ from ..metadata import Path, fqn_of
 from ..storage import Storage
 from ..values import decode_value, encode_value
 from .errors import ConversionError
+from .json_files import read_json_object
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -121,13 +122,7 @@ def read_safetensors_file(storage: Storage, name: str) -> tuple[dict[str, torch.
 def read_index(storage: Storage, name: str) -> dict[str, str]:
     """``weight_map`` of a safetensors index: key -> shard file name (in the index's folder)."""
     where = storage.describe(name)
-    try:
-        index = json.loads(storage.read(name))
-    except FileNotFoundError:
-        raise ConversionError(f"{where}: no such file") from None
-    except ValueError as exc:
-        raise ConversionError(f"{where}: not valid JSON ({exc})") from None
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    weight_map = read_json_object(storage, name).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
         raise ConversionError(f"{where}: expected a 'weight_map' object of key -> file name")
     for file in set(weight_map.values()):

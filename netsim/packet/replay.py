@@ -4,7 +4,8 @@ The fabric mirrors ``netsim fabric up``: every host-leaf and leaf-spine directio
 :class:`~netsim.packet.links.TbfLink` (bucket = one 4 ms kernel tick of the rate, queue bounded by
 ``queue_s`` of the rate plus the bucket), each hop adds ``hop_s``. Every (pair, subflow) is a persistent
 :class:`~netsim.packet.tcp.TcpConnection` on its pinned spine (or its ECMP-hashed one), kept across
-steps and iterations, its status message on a connection of its own back. A message is done when the
+steps and iterations, its status message on a connection of its own back. A host starts its pieces of
+a step ``subflow_startup_s`` apart (the software cost of each, one event loop per rank). A message is done when the
 receiver's status (a few bytes, after all k pieces arrived) reaches the sender; a step is done when
 all of its messages are, then the next starts after ``step_startup_s`` (software cost of a step), as
 the fluid engine's barrier steps do. ``warmup`` iterations run first; the result is each timed
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -38,7 +40,8 @@ class PacketParams:
 
     queue_s: float = 0.010
     hop_s: float = 20e-6
-    step_startup_s: float = 100e-6
+    step_startup_s: float = 30e-6
+    subflow_startup_s: float = 80e-6  # a host's i-th piece of a step starts i times this late (software)
     min_rto_s: float = MIN_RTO_S
     iteration_gap_s: float = 1e-3  # the barrier between iterations
 
@@ -124,6 +127,7 @@ def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int,
 
     def start_step(flows: FlowSet) -> None:
         step["started"] = True
+        queued: dict[int, int] = {}  # pieces each host has started this step
         for src, dst, size, port in zip(flows.src.tolist(), flows.dst.tolist(), flows.size.tolist(),
                                         flows.port.tolist()):
             spines = spines_of(src, dst, port)
@@ -139,7 +143,9 @@ def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int,
                     status_conn(src, dst, spine).send(STATUS_BYTES, acked=_nothing, received=done)
 
             for j, (spine, (a, b)) in enumerate(zip(spines, bounds)):
-                conn(src, dst, j, spine).send(max(b - a, 1), acked=_nothing, received=piece_received)
+                index = queued[src] = queued.get(src, -1) + 1
+                send = partial(conn(src, dst, j, spine).send, max(b - a, 1), _nothing, piece_received)
+                clock.at(clock.now + index * params.subflow_startup_s, send)
 
     times: list[float] = []
     horizon = 3600.0

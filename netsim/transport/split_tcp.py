@@ -344,9 +344,11 @@ class SplitTcpTransport:
                     f"rank {self.rank}: peer {peer} is not another rank in 0..{self.world - 1}"
                 )
         try:
+            out_views = {p: byte_view(b, writable=False) for p, b in sends.items()}  # bad buffers fail first
+            in_views = {p: byte_view(b, writable=True) for p, b in recvs.items()}
             outbound = {p: self._outbound(p) for p in sends}  # connect first, then wait for peers to connect
-            tasks = [self._send_message(p, byte_view(b, writable=False), outbound[p]) for p, b in sends.items()]
-            tasks += [self._recv_message(p, byte_view(b, writable=True), self._inbound(p)) for p, b in recvs.items()]
+            tasks = [self._send_message(p, view, outbound[p]) for p, view in out_views.items()]
+            tasks += [self._recv_message(p, view, self._inbound(p)) for p, view in in_views.items()]
             run_tasks(tasks, self.timeout)
         except TransportError as exc:
             self.abort(str(exc))

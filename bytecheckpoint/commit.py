@@ -73,8 +73,8 @@ def commit_save(storage: Storage, save_id: str, encoded: bytes, data_files: list
     """
     try:
         with commit_lock(storage, timeout_s):
-            replaced = _read_if_present(storage, METADATA_FILE)
-            marks = _mark_for_deletion(storage, replaced, set(data_files))
+            garbage = _replaced_data(storage, _read_if_present(storage, METADATA_FILE), set(data_files))
+            marks = _mark_for_deletion(storage, garbage[0])
             try:
                 storage.commit(METADATA_FILE, encoded)
             except BaseException:
@@ -83,18 +83,23 @@ def commit_save(storage: Storage, save_id: str, encoded: bytes, data_files: list
                 if not _is_committed(storage, encoded):
                     abandon_save(storage, [*data_files, *marks], save_id)  # the old checkpoint stays as it was
                 raise
-            _cleanup_after_commit(storage, save_id, replaced, set(data_files))
+            _cleanup_after_commit(storage, save_id, garbage, set(data_files))
     except CommitConflictError:
         abandon_save(storage, data_files, save_id)
         raise
 
 
-def _replaced_folders(storage: Storage, replaced: bytes | None, keep: set[str]) -> tuple[set[str], list[str]]:
-    """The data folders of the replaced checkpoint that the new one does not use, and its other
-    files that the new one does not use (in folders it shares)."""
+def _replaced_data(storage: Storage, replaced: bytes | None, keep: set[str]) -> tuple[set[str], list[str]]:
+    """The data folders of the replaced checkpoint that the new one does not use, and its other files
+    that the new one does not use (in folders it shares). Unreadable old metadata leaves nothing to
+    remove (a warning): its data stays for a later ``gc``."""
     if replaced is None:
         return set(), []
-    old = CheckpointMetadata.from_json(replaced, storage.describe(METADATA_FILE))
+    try:
+        old = CheckpointMetadata.from_json(replaced, storage.describe(METADATA_FILE))
+    except CheckpointError as exc:
+        log.warning("cannot read the replaced metadata of %s; its data is left in place: %s", storage.url, exc)
+        return set(), []
     kept_folders = {name.split("/")[1] for name in keep if name.count("/") >= 2}
     folders = {name.split("/")[1] for name in old.data_files if name.count("/") >= 2} - kept_folders
     loose = [name for name in old.data_files
@@ -102,13 +107,12 @@ def _replaced_folders(storage: Storage, replaced: bytes | None, keep: set[str]) 
     return folders, loose
 
 
-def _mark_for_deletion(storage: Storage, replaced: bytes | None, keep: set[str]) -> list[str]:
+def _mark_for_deletion(storage: Storage, folders: set[str]) -> list[str]:
     """Put this process's lease in each folder the commit is about to make garbage, so that if it
     dies before deleting them, a later commit finds them stale and collects them (a folder of a
     committed checkpoint has no lease of its own). Returns the leases written."""
     marks: list[str] = []
     try:
-        folders, _ = _replaced_folders(storage, replaced, keep)
         for folder in sorted(folders):
             name = f"{DATA_DIR}/{folder}/{SAVE_LEASE}"
             storage.commit(name, Lease.mine().encode())
@@ -118,11 +122,13 @@ def _mark_for_deletion(storage: Storage, replaced: bytes | None, keep: set[str])
     return marks
 
 
-def _cleanup_after_commit(storage: Storage, save_id: str, replaced: bytes | None, keep: set[str]) -> None:
-    """Drop the lease, the replaced checkpoint's data and dead saves' folders (commit lock held)."""
+def _cleanup_after_commit(storage: Storage, save_id: str, garbage: tuple[set[str], list[str]],
+                          keep: set[str]) -> None:
+    """Drop the lease, the replaced checkpoint's data (``garbage``: its folders and loose files) and
+    dead saves' folders (commit lock held)."""
+    folders, loose = garbage
     try:
         storage.delete(save_lease_name(save_id))
-        folders, loose = _replaced_folders(storage, replaced, keep)
         for name in loose:
             storage.delete(name)
         for folder in folders:

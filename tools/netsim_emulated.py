@@ -53,7 +53,7 @@ def main() -> None:
     if up.returncode != 0:
         sys.exit(f"netsim fabric up failed: {up.stderr.strip()}")
     rows: list[dict] = []
-    meta = {"fabric": f"emulated 4x2x2 leaf-spine, {args.link_mbit:g} Mbit/s tbf links", "machine": platform.node(),
+    meta = {"fabric": f"emulated 4x2x2 leaf-spine, {args.link_mbit:g} Mbit/s tbf links", "machine": platform.machine(),
             "cpus": os.cpu_count(), "date": datetime.now(timezone.utc).date().isoformat(),
             "runs": "split-tcp, 8 ranks; placements " + ", ".join(f"{k}={v}" for k, v in PLACEMENTS.items())}
     failures = 0

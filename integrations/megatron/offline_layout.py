@@ -133,7 +133,7 @@ def _splits(metadata: CheckpointMetadata) -> dict[str, TensorSplit]:
             found[key] = _parse_split(raw, f"{where}[{key!r}]")
     if not found:
         raise LayoutError("the checkpoint has no Megatron parallel description: it was not saved with "
-                          "framework=\"megatron\" (or by a version before 0.6); use --layout or --world-size")
+                          "framework=\"megatron\" (or was saved before saves recorded one); use --layout or --world-size")
     return found
 
 

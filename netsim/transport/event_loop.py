@@ -20,7 +20,7 @@ from typing import Any
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
-_CHUNK = 1 << 20
+CHUNK = 1 << 20  # bytes a send or receive call moves at most
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
@@ -136,7 +136,7 @@ def write_all(sock: socket.socket, view: memoryview) -> Task:
     pos = 0
     while pos < len(view):
         try:
-            pos += sock.send(view[pos : pos + _CHUNK])
+            pos += sock.send(view[pos : pos + CHUNK])
         except BlockingIOError:
             yield Wait(sock, WRITE)
 
@@ -151,7 +151,7 @@ def read_exact(sock: socket.socket, view: memoryview, closed: type[Exception], w
         if _QUICKACK is not None:
             sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
         try:
-            n = sock.recv_into(view[got:], min(_CHUNK, len(view) - got))
+            n = sock.recv_into(view[got:], min(CHUNK, len(view) - got))
         except BlockingIOError:
             yield Wait(sock, READ)
             continue

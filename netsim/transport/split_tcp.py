@@ -31,7 +31,7 @@ from typing_extensions import Self
 
 from netsim.transport.buffers import byte_view
 from netsim.transport.errors import MessageLengthError, PeerDisconnected, TransportError, TransportTimeout
-from netsim.transport.event_loop import All, Task, read_exact, run_tasks, write_all
+from netsim.transport.event_loop import CHUNK, All, Task, read_exact, run_tasks, write_all
 from netsim.transport.paths import PathPlan, SubflowPath
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,6 @@ MAGIC = 0x53504C54  # "SPLT"
 _HELLO = struct.Struct("!IIIIi")
 _HEADER = struct.Struct("!IQQQQQ")
 _STATUS = struct.Struct("!BI")
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -286,9 +285,9 @@ class SplitTcpTransport:
                 f"{where}: corrupt framing (magic {magic:#x}, message {got_seq}, expected message {seq})"
             )
         if total != len(view) or (offset, offset + length) != bounds:
-            scratch = memoryview(bytearray(min(length, _CHUNK)))
-            for pos in range(0, length, _CHUNK):  # drain the piece, then report
-                yield from read_exact(sock, scratch[: min(_CHUNK, length - pos)], PeerDisconnected, where)
+            scratch = memoryview(bytearray(min(length, CHUNK)))
+            for pos in range(0, length, CHUNK):  # drain the piece, then report
+                yield from read_exact(sock, scratch[: min(CHUNK, length - pos)], PeerDisconnected, where)
             return (
                 f"message {seq} from rank {peer} has {total} bytes (piece {offset}+{length}); rank "
                 f"{self.rank} expected {len(view)} bytes (piece {bounds[0]}+{bounds[1] - bounds[0]})"

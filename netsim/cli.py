@@ -21,6 +21,8 @@ from netsim.errors import NetsimError, TopologyError, TrafficError
 from netsim.fabric.cli import fabric_app
 from netsim.fit_cli import fit_transport_cmd
 from netsim.measure.cli import measure_cmd
+from netsim.packet import PacketParams
+from netsim.packet.engine import PacketRun, simulate_packets
 from netsim.plots import plot_cct_by_policy, plot_fct_cdf, plot_link_utilisation
 from netsim.policies import POLICIES, make_policy
 from netsim.results import CollectiveRun, SimulationResult
@@ -104,6 +106,21 @@ def _summary_table(results: dict[str, SimulationResult]) -> Table:
     return table
 
 
+def _print_packet_run(run: PacketRun, as_json: bool) -> None:
+    doc = run.to_dict()
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    seconds = doc["seconds"]
+    assert isinstance(seconds, dict)
+    table = Table("policy", "p50 CCT (ms)", "p95 (ms)", "max (ms)", "algbw (GB/s)", "busbw (GB/s)", "drops",
+                  "RTOs", "retransmits")
+    bandwidths = [f"{doc[k] / 1e9:.4g}" if k in doc else "-" for k in ("algbw", "busbw")]  # type: ignore[operator]
+    table.add_row(run.policy, *(f"{seconds[k] * 1e3:.4g}" for k in ("p50", "p95", "max")), *bandwidths,
+                  str(run.result.drops), str(run.result.timeouts), str(run.result.retransmits))
+    console.print(table)
+
+
 def _fail(exc: NetsimError) -> typer.Exit:
     print_error(exc)
     return typer.Exit(EXIT_BAD_INPUT)
@@ -124,6 +141,14 @@ def simulate_cmd(
     transport_model: Annotated[str, typer.Option(
         help=f"Transport model: {' or '.join(PRESETS)} (documented defaults) or a JSON file written by "
              "'netsim fit-transport'.")] = "tcp",
+    engine: Annotated[str, typer.Option(
+        help="fluid (flow-level, any scale) or packet (tbf links and Linux-like TCP packet by packet, as "
+             "'netsim fabric up' builds them; small fabrics and sizes).",
+        click_type=click.Choice(["fluid", "packet"]))] = "fluid",
+    iters: Annotated[int, typer.Option(help="With --engine packet: timed iterations.")] = 3,
+    warmup: Annotated[int, typer.Option(help="With --engine packet: untimed iterations first.")] = 1,
+    queue_ms: Annotated[float, typer.Option(
+        help="With --engine packet: every link's tbf queue in milliseconds of its rate.")] = 10.0,
 ) -> None:
     """Simulate one collective (or a traffic matrix); report CCT, nccl-tests' algbw/busbw, ideal bound."""
     try:
@@ -133,8 +158,18 @@ def simulate_cmd(
         topology = LeafSpine(leaves, hosts_per_leaf, spines, link_gbps, spine_gbps, planes, _faults(fail))
         path_policy = make_policy(policy, splits, seed)
         job_list = _jobs(topology, collective, size, ranks, jobs, placement, matrix, seed)
+        if engine == "packet":
+            if len(job_list) != 1:
+                raise TrafficError(f"--engine packet replays one job, found --jobs {jobs}")
+            if not queue_ms > 0:
+                raise TrafficError(f"--queue-ms must be > 0, found {queue_ms}")
+            run = simulate_packets(topology, job_list[0], path_policy, None if matrix else collective, size,
+                                   ranks or topology.hosts, iters, warmup, PacketParams(queue_s=queue_ms / 1e3), seed)
     except NetsimError as exc:
         raise _fail(exc) from None
+    if engine == "packet":
+        _print_packet_run(run, as_json)
+        return
     if csv_dir is not None:
         try:
             csv_dir.mkdir(parents=True, exist_ok=True)

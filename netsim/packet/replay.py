@@ -4,12 +4,14 @@ The fabric mirrors ``netsim fabric up``: every host-leaf and leaf-spine directio
 :class:`~netsim.packet.links.TbfLink` (bucket = one 4 ms kernel tick of the rate, queue bounded by
 ``queue_s`` of the rate plus the bucket), each hop adds ``hop_s``. Every (pair, subflow) is a persistent
 :class:`~netsim.packet.tcp.TcpConnection` on its pinned spine (or its ECMP-hashed one), kept across
-steps and iterations, its status message on a connection of its own back. A host starts its pieces of
-a step ``subflow_startup_s`` apart (the software cost of each, one event loop per rank). A message is done when the
-receiver's status (a few bytes, after all k pieces arrived) reaches the sender; a step is done when
-all of its messages are, then the next starts after ``step_startup_s`` (software cost of a step), as
-the fluid engine's barrier steps do. ``warmup`` iterations run first; the result is each timed
-iteration's completion time.
+steps and iterations, its status message on a connection of its own back. Every host is one rank and
+runs the steps in order, as split-TCP's ``exchange`` does: its step is done when each message it sent
+is acknowledged by the receiver's status (a few bytes, sent once all k pieces arrived and the receiver
+has reached that step; earlier pieces wait in its socket buffer) and each message to it arrived; its
+next step starts ``step_startup_s`` later (the software cost of a step), and it starts its pieces of a
+step ``subflow_startup_s`` apart (one event loop per rank). Ranks start an iteration together (the
+measurement's barrier); ``warmup`` iterations run first; the result is every rank's time in every
+timed iteration, whose median is what ``netsim measure`` reports as p50.
 
 This is the packet-level peer of the fluid engine: it has the losses, timeouts, slow start and queueing
 the fluid model leaves out, at the cost of one Python event per packet and hop (a 4 MiB ring
@@ -77,16 +79,31 @@ class PacketFabric:
 
 @dataclass(frozen=True)
 class PacketResult:
-    """Completion time of every timed iteration, and what TCP went through on the way."""
+    """Every rank's time in every timed iteration, and what TCP went through on the way."""
 
-    iteration_s: tuple[float, ...]
+    rank_s: tuple[tuple[float, ...], ...]  # [iteration][rank], ranks in host order
     drops: int
     timeouts: int
     retransmits: int
 
     @property
+    def iteration_s(self) -> tuple[float, ...]:
+        """Each timed iteration's completion time (its slowest rank)."""
+        return tuple(max(ranks) for ranks in self.rank_s)
+
+    @property
     def median_s(self) -> float:
-        return float(np.median(self.iteration_s))
+        """Median over ranks and iterations: ``netsim measure``'s p50."""
+        return float(np.median([t for ranks in self.rank_s for t in ranks]))
+
+
+class _Message:
+    """One message of a step: k pieces from ``src`` to ``dst``, then the receiver's status back."""
+
+    def __init__(self, step: int, src: int, dst: int, size: int, port: int) -> None:
+        self.step, self.src, self.dst, self.size, self.port = step, src, dst, size, port
+        self.arrived = 0
+        self.k = 0
 
 
 def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int, int], tuple[int | None, ...]],
@@ -100,6 +117,7 @@ def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int,
     connections: dict[tuple[int, int, int], TcpConnection] = {}
     status: dict[tuple[int, int], TcpConnection] = {}
     ecmp = Ecmp(seed)
+    hosts = sorted({int(h) for flows in steps for h in (*flows.src.tolist(), *flows.dst.tolist())})
 
     def spines_of(src: int, dst: int, port: int) -> list[int]:
         plan = paths.get((src, dst), (None,))
@@ -120,48 +138,72 @@ def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int,
                                                params.min_rto_s)
         return status[(src, dst)]
 
-    step = {"started": False, "pending": 0}
+    at_step: dict[int, int] = {}  # the step each host is in (len(steps): finished)
+    pending: dict[int, int] = {}  # messages of its current step a host still waits for
+    waiting: dict[tuple[int, int], list[_Message]] = {}  # (host, step): messages arrived before it got there
+    finished: dict[int, float] = {}
 
-    def done() -> None:
-        step["pending"] -= 1
+    def step_done(host: int) -> None:
+        pending[host] -= 1
+        if pending[host] == 0:
+            clock.at(clock.now + params.step_startup_s, start_step, host, at_step[host] + 1)
 
-    def start_step(flows: FlowSet) -> None:
-        step["started"] = True
-        queued: dict[int, int] = {}  # pieces each host has started this step
-        for src, dst, size, port in zip(flows.src.tolist(), flows.dst.tolist(), flows.size.tolist(),
-                                        flows.port.tolist()):
-            spines = spines_of(src, dst, port)
-            k = len(spines)
-            bounds = [(int(size) * j // k, int(size) * (j + 1) // k) for j in range(k)]
-            arrived = [0]
-            step["pending"] += 1
+    def consume(message: _Message) -> None:
+        """The receiver has the whole message in its current step: answer, and count it."""
+        spine = spines_of(message.src, message.dst, message.port)[0]
+        status_conn(message.src, message.dst, spine).send(STATUS_BYTES, acked=_nothing,
+                                                          received=partial(step_done, message.src))
+        step_done(message.dst)
 
-            def piece_received(src: int = src, dst: int = dst, spine: int = spines[0], arrived: list = arrived,
-                               k: int = k) -> None:
-                arrived[0] += 1
-                if arrived[0] == k:
-                    status_conn(src, dst, spine).send(STATUS_BYTES, acked=_nothing, received=done)
+    def piece_received(message: _Message) -> None:
+        message.arrived += 1
+        if message.arrived == message.k:
+            if at_step[message.dst] == message.step:
+                consume(message)
+            else:
+                waiting.setdefault((message.dst, message.step), []).append(message)
 
-            for j, (spine, (a, b)) in enumerate(zip(spines, bounds)):
-                index = queued[src] = queued.get(src, -1) + 1
-                send = partial(conn(src, dst, j, spine).send, max(b - a, 1), _nothing, piece_received)
-                clock.at(clock.now + index * params.subflow_startup_s, send)
+    def start_step(host: int, index: int) -> None:
+        at_step[host] = index
+        if index == len(steps):
+            finished[host] = clock.now
+            return
+        flows = steps[index]
+        src, dst = flows.src.tolist(), flows.dst.tolist()
+        pending[host] = src.count(host) + dst.count(host)
+        started = 0
+        for s, d, size, port in zip(src, dst, flows.size.tolist(), flows.port.tolist()):
+            if s != host:
+                continue
+            message = _Message(index, s, d, int(size), int(port))
+            spines = spines_of(s, d, message.port)
+            message.k = len(spines)
+            for j, spine in enumerate(spines):
+                piece = message.size * (j + 1) // message.k - message.size * j // message.k
+                send = partial(conn(s, d, j, spine).send, max(piece, 1), _nothing, partial(piece_received, message))
+                clock.at(clock.now + started * params.subflow_startup_s, send)
+                started += 1
+        for message in waiting.pop((host, index), []):
+            consume(message)
+        if pending[host] == 0:
+            clock.at(clock.now + params.step_startup_s, start_step, host, index + 1)
 
-    times: list[float] = []
+    rank_s: list[tuple[float, ...]] = []
     horizon = 3600.0
     for iteration in range(warmup + iters):
-        started = clock.now
-        for flows in steps:
-            step["started"] = False
-            clock.at(clock.now + params.step_startup_s, start_step, flows)
-            clock.run(lambda: bool(step["started"]) and step["pending"] == 0, horizon)
+        began = clock.now
+        finished.clear()
+        for host in hosts:
+            at_step[host] = -1
+            clock.at(began + params.step_startup_s, start_step, host, 0)
+        clock.run(lambda: len(finished) == len(hosts), horizon)
         if iteration >= warmup:
-            times.append(clock.now - started)
+            rank_s.append(tuple(finished[h] - began for h in hosts))
         resume = clock.now + params.iteration_gap_s
         clock.at(resume, _nothing)
         clock.run(lambda resume=resume: clock.now >= resume, horizon)
     every = list(connections.values()) + list(status.values())
-    return PacketResult(tuple(times), sum(link.drops for link in fabric.links()),
+    return PacketResult(tuple(rank_s), sum(link.drops for link in fabric.links()),
                         sum(c.timeouts for c in every), sum(c.retransmits for c in every))
 
 

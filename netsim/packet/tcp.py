@@ -1,20 +1,28 @@
 """A TCP connection as the packet simulator runs it: one direction's data, the other direction's ACKs.
 
 Enough of Linux TCP for collectives on a shaped fabric: MSS 1448 (1500 IP bytes a full segment),
-initial window 10, slow start and congestion avoidance (CUBIC's multiplicative decrease 0.7; Reno
-growth, which CUBIC matches at these small windows), an ACK per segment carrying SACK blocks
-(split-TCP re-arms TCP_QUICKACK), and Linux's loss recovery: a segment is lost when 3 segments above it
-were SACKed or, as RACK does, when a segment sent after it was delivered more than a quarter RTT later;
-lost segments are retransmitted while the bytes in flight stay under the window; a tail loss probe
-after max(2 srtt, 10 ms) without ACKs resends the last segment; the retransmission timeout of
-max(200 ms, srtt + 4 rttvar) backs off and marks everything outstanding lost with a window of 1. A
-connection idle for longer than its RTO restarts from the initial window (``tcp_slow_start_after_idle``).
+initial window 10, slow start with CUBIC's HyStart (slow start ends when a round's ACK train lasts
+longer than half of (min RTT + 1 ms), or when a round's least RTT exceeds the min RTT by
+clamp(min RTT / 8, 4 ms, 16 ms)), congestion avoidance (CUBIC's multiplicative decrease 0.7; Reno growth,
+which CUBIC matches at these small windows), an ACK per segment carrying SACK blocks (split-TCP re-arms
+TCP_QUICKACK), and Linux's loss recovery: a segment is lost when 3 segments above it were SACKed or, as
+RACK does, when a segment sent after it was delivered more than a reorder window later (a quarter of the
+min RTT; none in recovery or once 3 segments are SACKed); lost segments are retransmitted while the bytes
+in flight stay under the window. RACK's timer for segments not yet overdue fires 2 ms late. A tail
+loss probe (only outside recovery, one at a time) fires 2 srtt + 2 ms after the last send or ACK
+(2 srtt + 200 ms when one segment is out, to allow for a delayed ACK; never after the RTO) and sends new
+data or resends the last segment. The retransmission timer runs from the last cumulative ACK (or the first send
+after an idle period), its timeout is srtt + max(200 ms, 4 rttvar) and backs off; it marks everything
+outstanding lost and restarts from a window of 1. A connection idle for longer than its RTO restarts from
+the initial window (``tcp_slow_start_after_idle``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 from netsim.packet.links import Clock, Packet, TbfLink
 
@@ -24,7 +32,21 @@ INITIAL_WINDOW = 10
 MIN_RTO_S = 0.2
 DUP_THRESHOLD = 3
 CUBIC_BETA = 0.7
-MIN_PROBE_S = 0.010
+PROBE_SLACK_S = 0.002  # TCP_TIMEOUT_MIN_US added to a tail loss probe's 2 srtt
+REORDER_TIMER_SLACK_S = 0.002  # and to RACK's reorder timer
+HYSTART_LOW_WINDOW = 16
+HYSTART_ACK_DELTA_S = 0.002  # ACKs closer than this form a train
+HYSTART_ACK_DELAY_S = 0.001  # the receiver's ACK delay allowance (Linux caps its estimate at 1 ms)
+HYSTART_MIN_SAMPLES = 8
+HYSTART_DELAY_MIN_S, HYSTART_DELAY_MAX_S = 0.004, 0.016
+
+
+class _State(Enum):
+    """Linux's congestion states that matter here (Open also stands for Disorder and CWR)."""
+
+    OPEN = "open"
+    RECOVERY = "recovery"
+    LOSS = "loss"  # after a retransmission timeout, until everything sent before it is acknowledged
 
 
 @dataclass
@@ -45,15 +67,20 @@ class TcpConnection:
         self.snd_una = self.snd_nxt = self.app_end = 0
         self.segments: dict[int, _Segment] = {}  # unacknowledged, by first byte (insertion order = stream order)
         self.cwnd, self.ssthresh = float(INITIAL_WINDOW), float("inf")
-        self.in_recovery, self.recover = False, 0
+        self.state, self.recover = _State.OPEN, 0
         self.srtt: float | None = None
-        self.rttvar = 0.0
+        self.rttvar, self.min_rtt = 0.0, math.inf
         self.rto = 1.0  # Linux's initial RTO, until a sample
         self.backoff = 1
-        self.timer_generation = 0
+        self.rto_deadline = 0.0
+        self.timer_generation = 0  # the pending tail loss probe or retransmission timer
+        self.tlp_high_seq: int | None = None  # a probe is out until this is acknowledged
         self.last_active = 0.0
         self.rack_sent_at, self.rack_seq, self.rack_rtt = -1.0, -1, 0.0  # the latest-sent delivered segment
         self.reorder_generation = 0
+        self.hystart_found = False
+        self.round_start = self.round_last_ack = 0.0
+        self.round_end_seq, self.round_rtt, self.round_samples = -1, math.inf, 0
         self.watchers: list[tuple[int, Callable[[], None]]] = []  # (end byte, called once acknowledged)
         self.rcv_nxt = 0
         self.out_of_order: dict[int, int] = {}  # received above rcv_nxt: first byte -> end
@@ -81,41 +108,64 @@ class TcpConnection:
         """Retransmit lost segments, then send new data, while the bytes in flight fit the window."""
         window = max(int(self.cwnd), 1) * MSS
         flight = self._in_flight()
+        was_idle = not self.segments
+        head = next(iter(self.segments.values()), None)
+        restart_rto = sent_new = False
         for seg in self.segments.values():
             if flight >= window:
                 break
             if seg.lost and not seg.retransmitted and not seg.sacked:
-                seg.retransmitted, seg.sent_at = True, self.clock.now
+                seg.retransmitted = True
                 self.retransmits += 1
                 self._send_segment(seg)
                 flight += seg.length
+                restart_rto |= seg is head  # Linux restarts the timer when it resends the head
         while self.snd_nxt < self.app_end and flight < window:
-            seg = _Segment(self.snd_nxt, min(MSS, self.app_end - self.snd_nxt), self.clock.now)
-            self.segments[seg.seq] = seg
-            self.snd_nxt += seg.length
-            self._send_segment(seg)
-            flight += seg.length
+            self._send_new()
+            flight += self.segments[next(reversed(self.segments))].length
+            sent_new = True
+        if (sent_new and was_idle) or restart_rto:
+            self._set_xmit_timer(restart_rto=True)
+        elif sent_new and self._probe_allowed():
+            self._set_xmit_timer(restart_rto=False)
+
+    def _send_new(self) -> None:
+        seg = _Segment(self.snd_nxt, min(MSS, self.app_end - self.snd_nxt), self.clock.now)
+        self.segments[seg.seq] = seg
+        self.snd_nxt += seg.length
+        self._send_segment(seg)
 
     def _send_segment(self, seg: _Segment) -> None:
-        self.last_active = self.clock.now
+        self.last_active = seg.sent_at = self.clock.now
         packet = Packet(seg.length + HEADER, self.route, self._on_data,
                         {"seq": seg.seq, "len": seg.length, "ts": self.clock.now})
         self.route[0].send(packet)
-        self._arm_timers()
 
-    def _arm_timers(self) -> None:
-        """(Re)start the retransmission timer and the tail loss probe from now."""
+    def _probe_allowed(self) -> bool:
+        return (self.state is _State.OPEN and self.srtt is not None and self.tlp_high_seq is None
+                and bool(self.segments))
+
+    def _set_xmit_timer(self, restart_rto: bool) -> None:
+        """Arm the tail loss probe where allowed, else the retransmission timer (one of them is pending)."""
         self.timer_generation += 1
-        generation = self.timer_generation
-        self.clock.at(self.clock.now + self.rto * self.backoff, self._on_timeout, generation)
-        if self.srtt is not None:
-            self.clock.at(self.clock.now + max(2 * self.srtt, MIN_PROBE_S), self._on_probe, generation)
+        if not self.segments:
+            return
+        if restart_rto:
+            self.rto_deadline = self.clock.now + self.rto * self.backoff
+        if self._probe_allowed():
+            assert self.srtt is not None
+            slack = MIN_RTO_S if len(self.segments) == 1 else PROBE_SLACK_S
+            when = min(self.clock.now + 2 * self.srtt + slack, self.rto_deadline)
+            self.clock.at(when, self._on_probe, self.timer_generation)
+        else:
+            self.clock.at(self.rto_deadline, self._on_timeout, self.timer_generation)
 
     def _on_ack(self, packet: Packet) -> None:
         ack, echo, sacks = packet.payload["ack"], packet.payload["ts"], packet.payload["sack"]
         progressed = ack > self.snd_una
         if progressed:
-            self._rtt_sample(self.clock.now - echo)
+            rtt = self.clock.now - echo
+            self._rtt_sample(rtt)
             self.backoff = 1
             newly = 0
             for seq in [s for s in self.segments if s < ack]:
@@ -124,11 +174,19 @@ class TcpConnection:
                 self._delivered(seg)
             self.snd_una = ack
             self.snd_nxt = max(self.snd_nxt, ack)
-            if self.in_recovery and ack >= self.recover:
-                self.in_recovery = False
-                self.cwnd = self.ssthresh
-            elif not self.in_recovery:
-                self.cwnd += newly / MSS if self.cwnd < self.ssthresh else newly / MSS / self.cwnd
+            if self.tlp_high_seq is not None and ack >= self.tlp_high_seq:
+                self.tlp_high_seq = None
+            if self.state is _State.RECOVERY and ack >= self.recover:
+                self.state, self.cwnd = _State.OPEN, self.ssthresh
+            elif self.state is not _State.RECOVERY:
+                if self.state is _State.LOSS and ack >= self.recover:
+                    self.state = _State.OPEN
+                if self.cwnd < self.ssthresh:
+                    self.cwnd = min(self.cwnd + newly / MSS, max(self.ssthresh, self.cwnd))
+                    if not self.hystart_found:
+                        self._hystart(rtt)
+                else:
+                    self.cwnd += newly / MSS / self.cwnd
         for start, end in sacks:
             for seq, seg in self.segments.items():
                 if not seg.sacked and start <= seq and seq + seg.length <= end:
@@ -136,22 +194,50 @@ class TcpConnection:
                     self._delivered(seg)
         if self._detect_losses():
             self._enter_recovery()
-        if self.segments and (progressed or sacks):
-            self._arm_timers()
+        if progressed:
+            self._set_xmit_timer(restart_rto=True)
         elif not self.segments:
             self.timer_generation += 1  # nothing outstanding: no timers
         self._notify(self.watchers, self.snd_una)
         self._transmit()
+
+    def _hystart(self, rtt: float) -> None:
+        """CUBIC's hybrid slow start: leave slow start on a long ACK train or a rising round RTT."""
+        now = self.clock.now
+        if self.snd_una > self.round_end_seq:  # a new round of one window
+            self.round_start = self.round_last_ack = now
+            self.round_end_seq, self.round_rtt, self.round_samples = self.snd_nxt, math.inf, 0
+        if self.cwnd < HYSTART_LOW_WINDOW:
+            return
+        found = False
+        if now - self.round_last_ack <= HYSTART_ACK_DELTA_S:
+            self.round_last_ack = now
+            found = now - self.round_start > (self.min_rtt + HYSTART_ACK_DELAY_S) / 2
+        self.round_rtt = min(self.round_rtt, rtt)
+        if self.round_samples < HYSTART_MIN_SAMPLES:
+            self.round_samples += 1
+        else:
+            threshold = min(max(self.min_rtt / 8, HYSTART_DELAY_MIN_S), HYSTART_DELAY_MAX_S)
+            found |= self.round_rtt > self.min_rtt + threshold
+        if found:
+            self.hystart_found, self.ssthresh = True, self.cwnd
 
     def _delivered(self, seg: _Segment) -> None:
         """RACK: remember the most recently sent segment known delivered, and its RTT."""
         if (seg.sent_at, seg.seq) > (self.rack_sent_at, self.rack_seq):
             self.rack_sent_at, self.rack_seq, self.rack_rtt = seg.sent_at, seg.seq, self.clock.now - seg.sent_at
 
+    def _reorder_window(self, sacked: int) -> float:
+        """RACK's allowance for reordering: none in recovery or past the duplicate threshold (Linux
+        before it has seen reordering), else a quarter of the min RTT."""
+        if self.state is not _State.OPEN or sacked >= DUP_THRESHOLD or not math.isfinite(self.min_rtt):
+            return 0.0
+        return self.min_rtt / 4
+
     def _detect_losses(self) -> bool:
         """Mark lost: 3 SACKed segments above it (RFC 6675), or (RACK) a segment sent after it was
-        delivered and it has been out for an RTT and a quarter since; else arm the reorder timer."""
-        reorder = (self.srtt or 0.0) / 4
+        delivered and it has been out for an RTT and the reorder window since; else arm the reorder timer."""
+        reorder = self._reorder_window(sum(seg.sacked for seg in self.segments.values()))
         sacked_above = 0
         found = False
         earliest: float | None = None
@@ -173,7 +259,7 @@ class TcpConnection:
                     earliest = deadline
         if earliest is not None:
             self.reorder_generation += 1
-            self.clock.at(earliest, self._on_reorder_timeout, self.reorder_generation)
+            self.clock.at(earliest + REORDER_TIMER_SLACK_S, self._on_reorder_timeout, self.reorder_generation)
         return found
 
     def _on_reorder_timeout(self, generation: int) -> None:
@@ -184,43 +270,55 @@ class TcpConnection:
             self._transmit()
 
     def _enter_recovery(self) -> None:
-        if not self.in_recovery:
-            self.in_recovery, self.recover = True, self.snd_nxt
+        if self.state is _State.OPEN:
+            self.state, self.recover, self.tlp_high_seq = _State.RECOVERY, self.snd_nxt, None
             self.ssthresh = max(self.cwnd * CUBIC_BETA, 2.0)
             self.cwnd = self.ssthresh
+            self._set_xmit_timer(restart_rto=False)  # no probes in recovery: the RTO is pending
 
     def _rtt_sample(self, rtt: float) -> None:
+        self.min_rtt = min(self.min_rtt, rtt)
         if self.srtt is None:
             self.srtt, self.rttvar = rtt, rtt / 2
         else:
             self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
             self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        self.rto = max(self.min_rto_s, self.srtt + 4 * self.rttvar)
+        self.rto = self.srtt + max(self.min_rto_s, 4 * self.rttvar)
 
     def _on_probe(self, generation: int) -> None:
-        """Tail loss probe: no ACK for a while; resend the last segment so its ACK reveals the holes."""
-        if generation != self.timer_generation or not self.segments:
+        """Tail loss probe: no ACK for a while; send new data or resend the last segment, so that its
+        ACK reveals the holes; then the retransmission timer is pending."""
+        if generation != self.timer_generation or not self._probe_allowed():
             return
-        unsacked = [seg for seg in self.segments.values() if not seg.sacked]
-        if not unsacked:
-            return
-        last = unsacked[-1]
         self.probes += 1
-        last.sent_at = self.clock.now
-        self._send_segment(last)
+        if self.snd_nxt < self.app_end:
+            self._send_new()  # a probe may exceed the window by one segment
+        else:
+            unsacked = [seg for seg in self.segments.values() if not seg.sacked]
+            if unsacked:
+                self.retransmits += 1
+                self._send_segment(unsacked[-1])
+        self.tlp_high_seq = self.snd_nxt
+        head = next(iter(self.segments.values()))
+        self.rto_deadline = max(self.rto_deadline, head.sent_at + self.rto * self.backoff)  # from the head's send
+        self._set_xmit_timer(restart_rto=False)
 
     def _on_timeout(self, generation: int) -> None:
         if generation != self.timer_generation or not self.segments:
             return
         self.timeouts += 1
-        self.ssthresh = max(self._in_flight() / MSS * CUBIC_BETA, 2.0)
+        if self.state is _State.OPEN:
+            self.ssthresh = max(self.cwnd * CUBIC_BETA, 2.0)
+        self.state, self.recover, self.tlp_high_seq = _State.LOSS, self.snd_nxt, None
         self.cwnd = 1.0
-        self.in_recovery = False
+        self.hystart_found = False
         self.backoff = min(self.backoff * 2, 64)
         for seg in self.segments.values():
             if not seg.sacked:
                 seg.lost, seg.retransmitted = True, False
+        self.rto_deadline = self.clock.now + self.rto * self.backoff
         self._transmit()
+        self._set_xmit_timer(restart_rto=False)
 
     # -- receiver ----------------------------------------------------------------------------------
 

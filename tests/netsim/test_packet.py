@@ -163,3 +163,15 @@ def test_hystart_ends_slow_start_before_a_single_flow_overflows_the_queue() -> N
     flows = FlowSet.build([0], [2], 4 << 20, [0])
     result = replay(topology, [flows], {(0, 2): (0,)}, iters=1, warmup=0)
     assert result.drops == 0 and result.timeouts == 0
+
+
+def test_every_rank_finishes_its_own_steps_without_waiting_for_unrelated_ranks() -> None:
+    """As split-TCP's exchange: a rank's step ends when its own messages are done, not at a global barrier."""
+    topology = LeafSpine(2, 2, 1, 0.1)
+    big, small = 1 << 20, 64 << 10
+    step = FlowSet.build([0, 2], [1, 3], [big, small], [0, 1])  # within leaf 0 and within leaf 1
+    result = replay(topology, [step, step], {}, iters=1, warmup=1)
+    slow, fast = result.rank_s[0][0], result.rank_s[0][2]  # hosts 0 and 2
+    assert slow > 2 * big / GOODPUT * 0.95  # two steps of 1 MiB each
+    assert fast < 2 * (small / GOODPUT + 0.005)  # two steps of 64 KiB, not held back by host 0
+    assert result.rank_s[0][1] == pytest.approx(slow, rel=0.05)  # the receiver of the big flow

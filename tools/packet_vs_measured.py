@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from netsim.measure.cli import parse_size
-from netsim.measure_schema import MeasuredRow, load_report
+from netsim.measure_schema import load_report
 from netsim.packet import PacketResult, replay
-from netsim.transport_fit import scenario
+from netsim.transport_fit import Scenario, scenario
 from netsim.transport_model import load_transport_model
 
 CLASSES = (("4-32 KiB", 0, 32 << 10), ("64-512 KiB", 64 << 10, 512 << 10), ("1-4 MiB", 1 << 20, 1 << 62))
@@ -41,9 +41,8 @@ def _summary(errors: list[tuple[int, float]]) -> list[dict]:
     return out
 
 
-def _replay_row(row: MeasuredRow) -> PacketResult:
-    s = scenario(row)
-    return replay(s.topology, s.job.steps, s.policy.paths, iters=row.iters, warmup=row.warmup)
+def _replay(s: Scenario) -> PacketResult:
+    return replay(s.topology, s.job.steps, s.policy.paths, iters=s.row.iters, warmup=s.row.warmup)
 
 
 def main() -> None:
@@ -57,12 +56,13 @@ def main() -> None:
     args = parser.parse_args()
     model = load_transport_model(args.model)
     limit = parse_size(args.max_size)
-    rows = [r for r in load_report(args.rows).rows if r.size_bytes <= limit and scenario(r).routing_known]
+    scenarios = [s for s in map(scenario, load_report(args.rows).rows)
+                 if s.row.size_bytes <= limit and s.routing_known]
     results, packet_errors, fluid_errors = [], [], []
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for row, got in zip(rows, pool.map(_replay_row, rows)):
-            fluid = scenario(row).predict(model)
+        for s, got in zip(scenarios, pool.map(_replay, scenarios)):
+            row, fluid = s.row, s.predict(model)
             measured = row.seconds.p50
             packet_errors.append((row.size_bytes, got.median_s / measured - 1))
             fluid_errors.append((row.size_bytes, fluid / measured - 1))

@@ -100,12 +100,12 @@ class PacketResult:
 
 
 class _Message:
-    """One message of a step: k pieces from ``src`` to ``dst``, then the receiver's status back."""
+    """One message of a step: a piece per spine in ``spines`` from ``src`` to ``dst``, then the receiver's
+    status back (on the first piece's path)."""
 
-    def __init__(self, step: int, src: int, dst: int, size: int, port: int) -> None:
-        self.step, self.src, self.dst, self.size, self.port = step, src, dst, size, port
+    def __init__(self, step: int, src: int, dst: int, spines: list[int]) -> None:
+        self.step, self.src, self.dst, self.spines = step, src, dst, spines
         self.arrived = 0
-        self.k = 0
 
 
 def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int, int], tuple[int | None, ...]],
@@ -152,14 +152,13 @@ def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int,
 
     def consume(message: _Message) -> None:
         """The receiver has the whole message in its current step: answer, and count it."""
-        spine = spines_of(message.src, message.dst, message.port)[0]
-        status_conn(message.src, message.dst, spine).send(STATUS_BYTES, acked=_nothing,
+        status_conn(message.src, message.dst, message.spines[0]).send(STATUS_BYTES, acked=_nothing,
                                                           received=partial(step_done, message.src))
         step_done(message.dst)
 
     def piece_received(message: _Message) -> None:
         message.arrived += 1
-        if message.arrived == message.k:
+        if message.arrived == len(message.spines):
             if at_step[message.dst] == message.step:
                 consume(message)
             else:
@@ -177,11 +176,10 @@ def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int,
         for s, d, size, port in zip(src, dst, flows.size.tolist(), flows.port.tolist()):
             if s != host:
                 continue
-            message = _Message(index, s, d, int(size), int(port))
-            spines = spines_of(s, d, message.port)
-            message.k = len(spines)
+            spines = spines_of(s, d, int(port))
+            message, k = _Message(index, s, d, spines), len(spines)
             for j, spine in enumerate(spines):
-                piece = message.size * (j + 1) // message.k - message.size * j // message.k
+                piece = int(size) * (j + 1) // k - int(size) * j // k
                 send = partial(conn(s, d, j, spine).send, max(piece, 1), _nothing, partial(piece_received, message))
                 clock.at(clock.now + started * params.subflow_startup_s, send)
                 started += 1

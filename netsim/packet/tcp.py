@@ -121,19 +121,19 @@ class TcpConnection:
                 flight += seg.length
                 restart_rto |= seg is head  # Linux restarts the timer when it resends the head
         while self.snd_nxt < self.app_end and flight < window:
-            self._send_new()
-            flight += self.segments[next(reversed(self.segments))].length
+            flight += self._send_new().length
             sent_new = True
         if (sent_new and was_idle) or restart_rto:
             self._set_xmit_timer(restart_rto=True)
         elif sent_new and self._probe_allowed():
             self._set_xmit_timer(restart_rto=False)
 
-    def _send_new(self) -> None:
+    def _send_new(self) -> _Segment:
         seg = _Segment(self.snd_nxt, min(MSS, self.app_end - self.snd_nxt), self.clock.now)
         self.segments[seg.seq] = seg
         self.snd_nxt += seg.length
         self._send_segment(seg)
+        return seg
 
     def _send_segment(self, seg: _Segment) -> None:
         self.last_active = seg.sent_at = self.clock.now

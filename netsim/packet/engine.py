@@ -72,7 +72,7 @@ class PacketRun:
             "seconds": {"p50": p50, "p95": float(np.quantile(samples, 0.95)), "min": min(samples),
                         "max": max(samples)},
             "iteration_s": list(self.result.iteration_s), "drops": self.result.drops,
-            "timeouts": self.result.timeouts, "retransmits": self.result.retransmits}
+            "timeouts": self.result.timeouts, "retransmits": self.result.retransmits, "probes": self.result.probes}
         if self.collective is not None and p50 > 0:
             out["algbw"] = algbw(self.size_bytes, p50)
             out["busbw"] = busbw(self.collective, self.size_bytes, p50, self.ranks)

@@ -87,6 +87,7 @@ class PacketResult:
     drops: int
     timeouts: int
     retransmits: int
+    probes: int  # tail loss probes sent
 
     @property
     def iteration_s(self) -> tuple[float, ...]:
@@ -204,7 +205,8 @@ def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int,
         clock.run(lambda resume=resume: clock.now >= resume, horizon)
     every = list(connections.values()) + list(status.values())
     return PacketResult(tuple(rank_s), sum(link.drops for link in fabric.links()),
-                        sum(c.timeouts for c in every), sum(c.retransmits for c in every))
+                        sum(c.timeouts for c in every), sum(c.retransmits for c in every),
+                        sum(c.probes for c in every))
 
 
 def _nothing() -> None:

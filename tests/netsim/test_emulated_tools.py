@@ -1,0 +1,94 @@
+"""The experiment tools of docs/netsim.md: per-namespace TCP counters (tools/netsim_emulated.py) and the
+packet peer's comparison with measured rows, repeats and software-term options (tools/packet_vs_measured.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from netsim.fabric.namespaces import missing_capabilities
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+REPEATS = Path(__file__).resolve().parents[2] / "docs" / "data" / "netsim-emulated-repeats.json"
+
+
+def _tool(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(missing_capabilities() is not None, reason=str(missing_capabilities()))
+def test_tcp_counters_are_read_per_namespace_and_count_its_connections() -> None:
+    emulated = _tool("netsim_emulated")
+    ns = f"netsim-counters-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        before = emulated.tcp_counters(ns)
+        assert {"RetransSegs", "ActiveOpens", "TCPTimeouts", "TCPLossProbes"} <= before.keys()
+        assert all(isinstance(v, int) for v in before.values())
+        connect = ("import socket; s = socket.create_server(('127.0.0.1', 0)); "
+                   "c = socket.create_connection(s.getsockname()); a, _ = s.accept(); c.sendall(b'x'); a.recv(1)")
+        subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", connect], check=True, timeout=30)
+        after = emulated.tcp_counters(ns)
+        assert after["ActiveOpens"] - before["ActiveOpens"] == 1
+        assert after["PassiveOpens"] - before["PassiveOpens"] == 1
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns], check=False)
+
+
+def _rows(tmp_path: Path, p50s: list[float]) -> Path:
+    """Three repeats of one small measured run (alltoall, 4 KiB, placement A, minimal), with set p50s."""
+    data = json.loads(REPEATS.read_text())
+    row = next(r for r in data["rows"] if r["collective"] == "alltoall" and r["size_bytes"] == 4096
+               and r["policy"] == "minimal" and r["fabric"]["rank_hosts"][:2] == [0, 2])
+    rows = []
+    for repeat, p50 in enumerate(p50s):
+        rows.append({**row, "iters": 3, "warmup": 1, "repeat": repeat,
+                     "seconds": {"p50": p50, "p95": p50, "p99": p50, "min": p50, "max": p50}})
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps({**data, "rows": rows}))
+    return path
+
+
+def _compare(rows: Path, out: Path, *extra: str) -> dict:
+    proc = subprocess.run([sys.executable, str(TOOLS / "packet_vs_measured.py"), str(rows), "--jobs", "1",
+                           "--out", str(out), *extra], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(out.read_text())
+
+
+def test_packet_vs_measured_compares_repeats_as_one_case_with_its_spread(tmp_path: Path) -> None:
+    doc = _compare(_rows(tmp_path, [0.8e-3, 0.7e-3, 1.0e-3]), tmp_path / "a.json")
+    [case] = doc["rows"]
+    assert case["measured_repeats_s"] == [0.8e-3, 0.7e-3, 1.0e-3]
+    assert case["measured_s"] == pytest.approx(0.8e-3)
+    assert case["measured_spread"] == pytest.approx(0.25)
+    error = abs(case["packet_s"] / case["measured_s"] - 1)
+    [summary] = doc["packet"]
+    assert summary["rows"] == 1
+    assert summary["within_10pct"] == (1.0 if error <= 0.1 else 0.0)
+    assert summary["within_10pct_or_spread"] == (1.0 if error <= 0.25 else 0.0)
+    assert doc["software_terms"]["fitted"] is False
+
+
+def test_packet_vs_measured_software_terms_move_the_packet_time(tmp_path: Path) -> None:
+    rows = _rows(tmp_path, [1e-3])
+    fast = _compare(rows, tmp_path / "fast.json", "--step-us", "0", "--piece-us", "0")
+    slow = _compare(rows, tmp_path / "slow.json", "--step-us", "500", "--piece-us", "100")
+    assert slow["software_terms"] == {"step_us": 500.0, "piece_us": 100.0, "fitted": False,
+                                      "fit_mean_abs_error": None}
+    # all-to-all is one step: a step's start-up before it and before the rank is done, and the 7th of
+    # a rank's pieces starts 6 x 100 us after its first
+    gained = slow["rows"][0]["packet_s"] - fast["rows"][0]["packet_s"]
+    assert gained == pytest.approx(2 * 500e-6 + 6 * 100e-6, rel=0.05)

@@ -82,6 +82,14 @@ def main() -> None:
     parser.add_argument("--link-mbit", type=float, default=100.0)
     parser.add_argument("--out", type=Path, default=Path("bench-results/netsim-emulated.json"))
     args = parser.parse_args()
+    unknown = sorted(set(args.placements.split(",")) - set(PLACEMENTS))
+    if unknown:
+        parser.error(f"--placements: unknown {unknown}; known: {','.join(PLACEMENTS)}")
+    unknown = sorted(set(args.policies.split(",")) - {name for name, _, _ in POLICIES})
+    if unknown:
+        parser.error(f"--policies: unknown {unknown}; known: minimal,round-robin,ecmp")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     up = netsim("fabric", "up", "--name", FABRIC, "--leaves", "4", "--hosts-per-leaf", "2", "--spines", "2",
                 "--link-mbit", str(args.link_mbit), timeout=120)

@@ -97,6 +97,10 @@ def main() -> None:
     parser.add_argument("--fit", action="store_true", help="fit --step-us/--piece-us to the cases up to 32 KiB first")
     parser.add_argument("--out", type=Path, default=Path("bench-results/packet-vs-measured.json"))
     args = parser.parse_args()
+    if args.fit and (args.step_us is not None or args.piece_us is not None):
+        parser.error("--fit finds --step-us and --piece-us itself; give either --fit or the terms")
+    if min(args.step_us or 0.0, args.piece_us or 0.0) < 0:
+        parser.error("--step-us and --piece-us are costs: 0 or more microseconds")
     params = PacketParams()
     if args.step_us is not None:
         params = replace(params, step_startup_s=args.step_us * 1e-6)

@@ -92,3 +92,15 @@ def test_packet_vs_measured_software_terms_move_the_packet_time(tmp_path: Path) 
     # a rank's pieces starts 6 x 100 us after its first
     gained = slow["rows"][0]["packet_s"] - fast["rows"][0]["packet_s"]
     assert gained == pytest.approx(2 * 500e-6 + 6 * 100e-6, rel=0.05)
+
+
+@pytest.mark.parametrize(("tool", "args", "message"), [
+    ("packet_vs_measured", ["rows.json", "--fit", "--step-us", "10"], "give either --fit or the terms"),
+    ("packet_vs_measured", ["rows.json", "--piece-us", "-1"], "0 or more microseconds"),
+    ("netsim_emulated", ["--placements", "A,Z"], "--placements: unknown ['Z']"),
+    ("netsim_emulated", ["--policies", "spray"], "--policies: unknown ['spray']"),
+])
+def test_experiment_tools_refuse_bad_options_before_doing_anything(tool: str, args: list[str], message: str) -> None:
+    proc = subprocess.run([sys.executable, str(TOOLS / f"{tool}.py"), *args], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 2 and message in proc.stderr

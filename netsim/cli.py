@@ -107,16 +107,14 @@ def _summary_table(results: dict[str, SimulationResult]) -> Table:
 
 
 def _print_packet_run(run: PacketRun, as_json: bool) -> None:
-    doc = run.to_dict()
     if as_json:
-        typer.echo(json.dumps(doc, indent=2))
+        typer.echo(json.dumps(run.to_dict(), indent=2))
         return
-    seconds = doc["seconds"]
-    assert isinstance(seconds, dict)
+    seconds, bandwidths = run.seconds(), run.bandwidths()
     table = Table("policy", "p50 CCT (ms)", "p95 (ms)", "max (ms)", "algbw (GB/s)", "busbw (GB/s)", "drops",
                   "RTOs", "retransmits")
-    bandwidths = [f"{doc[k] / 1e9:.4g}" if k in doc else "-" for k in ("algbw", "busbw")]  # type: ignore[operator]
-    table.add_row(run.policy, *(f"{seconds[k] * 1e3:.4g}" for k in ("p50", "p95", "max")), *bandwidths,
+    table.add_row(run.policy, *(f"{seconds[k] * 1e3:.4g}" for k in ("p50", "p95", "max")),
+                  *(f"{bandwidths[k] / 1e9:.4g}" if k in bandwidths else "-" for k in ("algbw", "busbw")),
                   str(run.result.drops), str(run.result.timeouts), str(run.result.retransmits))
     console.print(table)
 

@@ -62,21 +62,27 @@ class PacketRun:
     result: PacketResult
     subflows: int
 
+    def seconds(self) -> dict[str, float]:
+        """p50 (the median over ranks and iterations), p95, min and max of the ranks' times."""
+        samples = self.result.samples_s
+        return {"p50": self.result.median_s, "p95": float(np.quantile(samples, 0.95)), "min": min(samples),
+                "max": max(samples)}
+
+    def bandwidths(self) -> dict[str, float]:
+        """nccl-tests' algbw and busbw of the p50 in bytes/s (none for a traffic matrix)."""
+        p50 = self.result.median_s
+        if self.collective is None or p50 <= 0:
+            return {}
+        return {"algbw": algbw(self.size_bytes, p50), "busbw": busbw(self.collective, self.size_bytes, p50, self.ranks)}
+
     def to_dict(self) -> dict[str, object]:
         """Plain JSON-ready values."""
-        samples = [t for ranks in self.result.rank_s for t in ranks]
-        p50 = self.result.median_s
-        out: dict[str, object] = {
+        return {
             "engine": "packet", "policy": self.policy, "collective": self.collective, "size_bytes": self.size_bytes,
-            "ranks": self.ranks, "max_subflows_per_pair": self.subflows,
-            "seconds": {"p50": p50, "p95": float(np.quantile(samples, 0.95)), "min": min(samples),
-                        "max": max(samples)},
+            "ranks": self.ranks, "max_subflows_per_pair": self.subflows, "seconds": self.seconds(),
             "iteration_s": list(self.result.iteration_s), "drops": self.result.drops,
-            "timeouts": self.result.timeouts, "retransmits": self.result.retransmits, "probes": self.result.probes}
-        if self.collective is not None and p50 > 0:
-            out["algbw"] = algbw(self.size_bytes, p50)
-            out["busbw"] = busbw(self.collective, self.size_bytes, p50, self.ranks)
-        return out
+            "timeouts": self.result.timeouts, "retransmits": self.result.retransmits, "probes": self.result.probes,
+            **self.bandwidths()}
 
 
 def simulate_packets(topology: LeafSpine, job: Job, policy: PathPolicy, collective: str | None, size_bytes: float,

@@ -95,9 +95,14 @@ class PacketResult:
         return tuple(max(ranks) for ranks in self.rank_s)
 
     @property
+    def samples_s(self) -> list[float]:
+        """Every rank's time in every timed iteration, flat (what ``netsim measure`` takes quantiles of)."""
+        return [t for ranks in self.rank_s for t in ranks]
+
+    @property
     def median_s(self) -> float:
         """Median over ranks and iterations: ``netsim measure``'s p50."""
-        return float(np.median([t for ranks in self.rank_s for t in ranks]))
+        return float(np.median(self.samples_s))
 
 
 class _Message:

@@ -316,9 +316,7 @@ class TcpConnection:
         for seg in self.segments.values():
             if not seg.sacked:
                 seg.lost, seg.retransmitted = True, False
-        self.rto_deadline = self.clock.now + self.rto * self.backoff
-        self._transmit()
-        self._set_xmit_timer(restart_rto=False)
+        self._transmit()  # resends the head (nothing else is in flight), which restarts the backed-off timer
 
     # -- receiver ----------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing as mp
 import os
 import pickle
@@ -42,30 +43,34 @@ def _entry(rank: int, world: int, store: str, fn: Callable, args: tuple, queue: 
             dist.destroy_process_group()
 
 
-_PRELOAD = ["torch", "torch.distributed", "bytecheckpoint"]
+def _preload() -> list[str]:
+    modules = ["torch", "torch.distributed", "bytecheckpoint"]
+    if importlib.util.find_spec("megatron") is not None and importlib.util.find_spec("megatron.core") is not None:
+        modules += ["megatron.core", "megatron.core.models.gpt", "megatron.core.optimizer",
+                    "tests.integrations.megatron_gpt"]
+    return modules
 
 
-def _forkserver(preload: tuple[str, ...]) -> Any:
-    """The forkserver context, with ``preload`` imported in the server once (a slow import such as
-    megatron.core is then not paid per rank); a running server without them is restarted."""
-    from multiprocessing import forkserver
+def forkserver_context() -> mp.context.ForkServerContext:
+    """The forkserver context every multi-process test uses.
 
+    The server imports torch, bytecheckpoint (and Megatron-Core with the tiny GPT, where installed)
+    once, so a rank does not pay those imports. The list is the same for the whole session: the
+    server is never restarted, because stopping it waits for every process it ever forked (they
+    hold its "alive" pipe), and a process another test left behind would block that forever.
+    """
     ctx = mp.get_context("forkserver")
-    if not set(preload) <= set(_PRELOAD):
-        _PRELOAD.extend(m for m in preload if m not in _PRELOAD)
-        forkserver._forkserver._stop()  # the next start imports the longer list
-    ctx.set_forkserver_preload(list(_PRELOAD))
+    ctx.set_forkserver_preload(_preload())
     return ctx
 
 
-def run_ranks(world: int, fn: Callable, *args: Any, timeout: float = 180.0, preload: tuple[str, ...] = ()) -> list[Any]:
+def run_ranks(world: int, fn: Callable, *args: Any, timeout: float = 180.0) -> list[Any]:
     """Run ``fn(rank, world, *args)`` on ``world`` ranks; return their results in rank order.
 
     Raises RankFailure with every failed rank's traceback; ranks still alive after ``timeout``
-    seconds are killed and reported as hung. ``preload`` names modules to import once in the
-    forkserver rather than in every rank.
+    seconds are killed and reported as hung.
     """
-    ctx = _forkserver(preload)
+    ctx = forkserver_context()
     queue = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "store")

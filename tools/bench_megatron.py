@@ -32,7 +32,6 @@ import torch.distributed as dist
 import bytecheckpoint as bcp
 
 SAVE_LAYOUT, RESHARD_LAYOUT = (2, 1, 2), (4, 1, 1)
-PRELOAD = ("megatron.core", "megatron.core.models.gpt", "megatron.core.optimizer", "tests.integrations.megatron_gpt")
 
 
 def _slowest(seconds: float) -> float:
@@ -194,7 +193,7 @@ def run(rounds: int, out: str, scratch_dir: str | None, layers: int, hidden: int
            "hidden": hidden, "timeout": timeout}
     started = time.perf_counter()
     try:
-        per_rank = run_ranks(4, _worker, cfg, preload=PRELOAD, timeout=timeout * 4)
+        per_rank = run_ranks(4, _worker, cfg, timeout=timeout * 4)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     res = per_rank[0]

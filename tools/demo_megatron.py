@@ -28,7 +28,6 @@ from integrations.megatron.offline_layout import MegatronTarget, megatron_layout
 from tests.dist_harness import run_ranks
 from tests.integrations.megatron_gpt import Layout
 
-PRELOAD = ("megatron.core", "megatron.core.models.gpt", "megatron.core.optimizer", "tests.integrations.megatron_gpt")
 SOURCE = Layout(2, 2, 1, True)
 TARGETS = (Layout(1, 1, 4, True), Layout(4, 1, 1, False))
 OFFLINE = TARGETS[1]  # loads the offline-resharded copy
@@ -65,7 +64,7 @@ def main() -> None:
         parser.error(f"--stop-at must be between 1 and --steps - 1, got {args.stop_at}")
     print("starting 4 ranks (importing megatron-core takes a while)...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        results = run_ranks(4, _run, f"{tmp}/ck", args.steps, args.stop_at, preload=PRELOAD, timeout=600)
+        results = run_ranks(4, _run, f"{tmp}/ck", args.steps, args.stop_at, timeout=600)
     # every loss comes from a last pipeline stage; take each run's from any rank that has it
     losses: dict[str, list] = {}
     for r in results:

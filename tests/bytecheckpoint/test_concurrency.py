@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import queue
 import random
 import signal
 import socket
 import time
 import uuid
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 import pytest
@@ -29,11 +29,11 @@ from bytecheckpoint.leases import Lease
 from bytecheckpoint.loader import read_metadata
 from bytecheckpoint.storage import resolve_storage
 from tests.bytecheckpoint.storage.s3server import BUCKET, moto_server  # noqa: F401 - fixture
+from tests.dist_harness import forkserver_context
 
 N = 1 << 14
 MAX_SAVES = 1000  # per writer; writer w saves ids 1000 * (w + 1) + i
-_ctx = mp.get_context("forkserver")
-_ctx.set_forkserver_preload(["torch", "bytecheckpoint"])
+_ctx = forkserver_context()
 
 
 def state_for(ident: int) -> dict:
@@ -60,10 +60,26 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
 
 
-def _writer(path: str, first_id: int, stop_at: float, results: mp.Queue, env: dict[str, str],
+class _Report:
+    """A child's one-way channel to the test: its own pipe, no lock, one small write per event.
+
+    An mp.Queue is shared through a lock that a writer SIGKILLed inside ``put`` never releases,
+    after which every other process hangs at exit flushing its queue; a pipe write of less than
+    PIPE_BUF bytes is atomic, so a killed child leaves whole events or none.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def put(self, kind: str, ident: int, text: str = "") -> None:
+        self.conn.send((kind, ident, text[:500]))
+
+
+def _writer(path: str, first_id: int, seconds: float, report: _Report, env: dict[str, str],
             manager: bool = False) -> None:
-    """Save ids ``first_id``, ``first_id + 1``, ... until ``stop_at``: to ``path``, or as steps of a
+    """Save ids ``first_id``, ``first_id + 1``, ... for ``seconds``: to ``path``, or as steps of a
     CheckpointManager rooted there (keeping the last 3)."""
+    stop_at = time.monotonic() + seconds
     os.environ.update(env)
     torch.set_num_threads(1)
     mgr = bcp.CheckpointManager(path, keep_last=3) if manager else None
@@ -76,13 +92,14 @@ def _writer(path: str, first_id: int, stop_at: float, results: mp.Queue, env: di
                 mgr.save(ident, state_for(ident), timeout=60)
             else:
                 bcp.save(path, state_for(ident), timeout=60)
-            results.put(("saved", ident, ""))
+            report.put("saved", ident)
         except Exception as exc:  # noqa: BLE001 - reported to the test
-            results.put(("save-error", ident, f"{type(exc).__name__}: {exc}"))
+            report.put("save-error", ident, f"{type(exc).__name__}: {exc}")
 
 
-def _reader(path: str, stop_at: float, results: mp.Queue, env: dict[str, str], manager: bool = False) -> None:
-    """Load ``path`` (or restore the latest step of a manager rooted there) until ``stop_at``."""
+def _reader(path: str, seconds: float, report: _Report, env: dict[str, str], manager: bool = False) -> None:
+    """Load ``path`` (or restore the latest step of a manager rooted there) for ``seconds``."""
+    stop_at = time.monotonic() + seconds
     os.environ.update(env)
     torch.set_num_threads(1)
     mgr = bcp.CheckpointManager(path) if manager else None
@@ -94,57 +111,71 @@ def _reader(path: str, stop_at: float, results: mp.Queue, env: dict[str, str], m
                 assert whole(target) == step, (whole(target), step)
             else:
                 bcp.load(path, target, timeout=60)
-            results.put(("loaded", whole(target), ""))
+            report.put("loaded", whole(target))
         except bcp.IncompleteCheckpointError:
-            results.put(("not-yet", -1, ""))
+            report.put("not-yet", -1)
         except bcp.CheckpointChangedError as exc:
-            results.put(("changed", -1, str(exc)))
+            report.put("changed", -1, str(exc))
         except Exception as exc:  # noqa: BLE001 - reported to the test
-            results.put(("load-error", -1, f"{type(exc).__name__}: {exc}"))
+            report.put("load-error", -1, f"{type(exc).__name__}: {exc}")
 
 
-def _drain(results: mp.Queue) -> list[tuple[str, int, str]]:
-    """What is in the queue now (waits briefly for the first item)."""
+def _drain(channels: list[Connection]) -> list[tuple[str, int, str]]:
+    """The events waiting on ``channels`` now (waits briefly for the first); a channel whose
+    process is gone is dropped from the list."""
     out = []
-    try:
-        out.append(results.get(timeout=0.05))
-        while True:
-            out.append(results.get_nowait())
-    except queue.Empty:
-        return out
+    for conn in wait(channels, timeout=0.05):
+        try:
+            while True:
+                out.append(conn.recv())
+                if not conn.poll():
+                    break
+        except EOFError:
+            channels.remove(conn)
+    return out
 
 
 def _run_writers_and_readers(path: str, writers: int, readers: int, seconds: float,
                              kills: int, seed: int, manager: bool = False) -> list[tuple[str, int, str]]:
     rng = random.Random(seed)
-    results: mp.Queue = _ctx.Queue()
-    stop_at = time.monotonic() + seconds + 5  # processes take a few seconds to start
-    procs = [_ctx.Process(target=_writer, args=(path, 1000 * (w + 1), stop_at, results, _env(), manager))
-             for w in range(writers)]
-    procs += [_ctx.Process(target=_reader, args=(path, stop_at, results, _env(), manager)) for _ in range(readers)]
-    for p in procs:
-        p.start()
+    procs, channels = [], []
+    for role in ["writer"] * writers + ["reader"] * readers:
+        receive, send = _ctx.Pipe(duplex=False)
+        w = len(procs)
+        args = ((path, 1000 * (w + 1), seconds, _Report(send), _env(), manager) if role == "writer"
+                else (path, seconds, _Report(send), _env(), manager))
+        procs.append(_ctx.Process(target=_writer if role == "writer" else _reader, args=args))
+        procs[-1].start()
+        send.close()  # the child holds the only write end: its death reads as EOF here
+        channels.append(receive)
     events: list[tuple[str, int, str]] = []
-    victims = rng.sample(range(writers), kills)
-    killed = 0
-    for victim in victims:  # SIGKILL writers at random moments (mid-write, mid-commit, holding the lock)
-        first = 1000 * (victim + 1)
-        while procs[victim].is_alive() and not any(e[1] == first for e in events):
-            events += _drain(results)  # wait until the victim is saving
-        time.sleep(rng.uniform(0.0, seconds / (kills + 1)))
-        if procs[victim].is_alive():
-            os.kill(procs[victim].pid, signal.SIGKILL)
-            killed += 1
-    assert killed == kills
-    deadline = time.monotonic() + seconds + 120
-    for p in procs:
-        while p.is_alive() and time.monotonic() < deadline:
-            events += _drain(results)
-            p.join(timeout=0.2)
-        if p.is_alive():
-            p.kill()
-            raise AssertionError(f"process {p.pid} hung")
-    return events + _drain(results)
+    try:
+        killed = 0
+        for victim in rng.sample(range(writers), kills):  # SIGKILL writers mid-write, mid-commit, holding the lock
+            first = 1000 * (victim + 1)
+            while procs[victim].is_alive() and not any(e[1] == first for e in events):
+                events += _drain(channels)  # wait until the victim is saving
+            time.sleep(rng.uniform(0.0, seconds / (kills + 1)))
+            if procs[victim].is_alive():
+                os.kill(procs[victim].pid, signal.SIGKILL)
+                killed += 1
+        assert killed == kills
+        deadline = time.monotonic() + seconds + 120
+        for p in procs:
+            while p.is_alive() and time.monotonic() < deadline:
+                events += _drain(channels)
+                p.join(timeout=0.2)
+            assert not p.is_alive(), f"process {p.pid} hung"
+        while channels:
+            events += _drain(channels)
+        return events
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+            p.join()
+        for conn in channels:
+            conn.close()
 
 
 def _check(events: list[tuple[str, int, str]], path: str, writers: int) -> None:

@@ -5,7 +5,6 @@ verifies, a checkpoint that was cut short is never reported complete, and errors
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import random
 import signal
@@ -31,7 +30,7 @@ from tests.bytecheckpoint.storage.s3server import (
     TcpProxy,
     moto_server,  # noqa: F401 - fixture
 )
-from tests.dist_harness import RankFailure, run_ranks
+from tests.dist_harness import RankFailure, forkserver_context, run_ranks
 
 
 def state_for(step: int, n: int = 1 << 16) -> dict:
@@ -145,14 +144,8 @@ def _save_steps(root: str, steps: list[int], kill_at: int | None) -> int:
     return storage.counter[0]
 
 
-def _forkserver() -> mp.context.BaseContext:
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "bytecheckpoint"])
-    return ctx
-
-
 def _run_killed(target, *args, timeout: float = 60) -> int:
-    proc = _forkserver().Process(target=target, args=args)
+    proc = forkserver_context().Process(target=target, args=args)
     proc.start()
     proc.join(timeout)
     if proc.is_alive():
@@ -202,7 +195,7 @@ def _save_forever(root: str) -> None:
 def test_sigkill_at_a_random_time_from_outside(tmp_path, seed) -> None:
     root = str(tmp_path / "run")
     bcp.CheckpointManager(root).save(0, state_for(0, 1 << 20))
-    proc = _forkserver().Process(target=_save_forever, args=(root,))
+    proc = forkserver_context().Process(target=_save_forever, args=(root,))
     proc.start()
     time.sleep(random.Random(seed).uniform(0.2, 2.0))
     os.kill(proc.pid, signal.SIGKILL)

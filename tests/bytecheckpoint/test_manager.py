@@ -15,7 +15,7 @@ import torch
 import bytecheckpoint as bcp
 from bytecheckpoint.manager import LOCK_FILE, step_dir
 from tests.bytecheckpoint.storage.s3server import BUCKET, MOTO_CREDENTIALS, moto_server  # noqa: F401 - fixture
-from tests.dist_harness import run_ranks
+from tests.dist_harness import forkserver_context, run_ranks
 
 
 def state_for(step: int, n: int = 4096) -> dict:
@@ -158,8 +158,7 @@ def _contend(root: str, value: float, barrier, results) -> None:
 @pytest.mark.parametrize("seed", range(4))
 def test_concurrent_saves_of_one_step_one_wins_nothing_mixed(tmp_path, seed) -> None:
     root = str(tmp_path / "run")
-    ctx = mp.get_context("forkserver")  # fork after torch ran threads may deadlock
-    ctx.set_forkserver_preload(["torch", "bytecheckpoint"])
+    ctx = forkserver_context()  # fork after torch ran threads may deadlock
     barrier, results = ctx.Barrier(2), ctx.Queue()
     procs = [ctx.Process(target=_contend, args=(root, float(v), barrier, results)) for v in (1, 2)]
     for p in procs:

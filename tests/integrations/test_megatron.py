@@ -20,7 +20,6 @@ from tests.dist_harness import run_ranks
 from tests.integrations.megatron_gpt import Arch, Layout, PlainGPT
 
 pytestmark = pytest.mark.distributed
-PRELOAD = ("megatron.core", "megatron.core.models.gpt", "megatron.core.optimizer", "tests.integrations.megatron_gpt")
 BEFORE, AFTER = range(3), range(3, 5)
 TOL = {"rtol": 1e-5, "atol": 2e-5}
 
@@ -83,7 +82,7 @@ def test_tp_pp_dp_changes_resume_like_an_uninterrupted_run(tmp_path) -> None:
         (Layout(2, 1, 2, True), [Layout(4, 1, 1), Layout(2, 2, 1, True)]),  # TP2 -> TP4; PP1 -> PP2
         (Layout(1, 2, 2), [Layout(1, 1, 4, True)]),  # PP2 -> PP1, plain -> distributed optimizer
     ]
-    results = run_ranks(4, _resume_cases, str(tmp_path), cases, preload=PRELOAD, timeout=240)
+    results = run_ranks(4, _resume_cases, str(tmp_path), cases, timeout=240)
     checked = _last_stage(results)
     assert sorted(r["case"] for r in checked) == sorted(f"{s} -> {t}" for s, ts in cases for t in ts)
     for rank_results in results:
@@ -120,7 +119,7 @@ def _dataloader_and_vocab(rank: int, world: int, path: str) -> dict:
 
 
 def test_dataloader_follows_data_parallel_rank_and_padded_vocab_reshards(tmp_path) -> None:
-    results = run_ranks(4, _dataloader_and_vocab, str(tmp_path / "ck"), preload=PRELOAD, timeout=240)
+    results = run_ranks(4, _dataloader_and_vocab, str(tmp_path / "ck"), timeout=240)
     first = results[0]
     assert "word_embeddings" in first["undeclared"] and "(304, 16)" in first["undeclared"] and "(320, 16)" in first["undeclared"]
     for key in ("embedding.word_embeddings.weight", "output_layer.weight"):
@@ -185,7 +184,7 @@ def _fsdp2_load(rank: int, world: int, path: str) -> float:
 
 def test_dp2_to_dp1_and_to_plain_pytorch_and_fsdp2_models_and_back(tmp_path) -> None:
     path, plain_path = str(tmp_path / "megatron"), str(tmp_path / "plain")
-    saved = run_ranks(2, _dp2_save, path, preload=PRELOAD)[0]
+    saved = run_ranks(2, _dp2_save, path)[0]
     # a Megatron checkpoint into a plain single-process PyTorch GPT, through the key map
     model = PlainGPT()
     with pytest.raises(bcp.StateMismatchError, match="megatron_view"):
@@ -193,7 +192,7 @@ def test_dp2_to_dp1_and_to_plain_pytorch_and_fsdp2_models_and_back(tmp_path) -> 
     bcp.load(path, {"model": megatron_view(model)}, strict=False)
     with torch.no_grad():
         assert model.loss(BEFORE.stop).item() == pytest.approx(saved["loss"], rel=1e-6)
-    for loss in run_ranks(2, _fsdp2_load, path, preload=PRELOAD):
+    for loss in run_ranks(2, _fsdp2_load, path):
         assert loss == pytest.approx(saved["loss"], rel=1e-6), "Megatron -> FSDP2"
     by_name = load_full_by_name(path)
     assert sorted(by_name) == sorted(model.state_dict())
@@ -205,7 +204,7 @@ def test_dp2_to_dp1_and_to_plain_pytorch_and_fsdp2_models_and_back(tmp_path) -> 
     bcp.save(plain_path, {"model": megatron_view(model)})
     with torch.no_grad():
         plain_loss = model.loss(0).item()
-    out = run_ranks(1, _dp1_resume, path, plain_path, preload=PRELOAD)[0]
+    out = run_ranks(1, _dp1_resume, path, plain_path)[0]
     assert out["plain_loss"] == pytest.approx(plain_loss, rel=1e-5)
     (ref_losses, ref_params), (losses, params) = saved["reference"], out["resumed"]
     torch.testing.assert_close(losses, ref_losses, **TOL)

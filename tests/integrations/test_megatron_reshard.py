@@ -142,7 +142,7 @@ def test_bad_megatron_targets_fail_with_one_line(tmp_path, synthetic, capsys) ->
 
 if importlib.util.find_spec("megatron") is not None:
     from tests.integrations.megatron_gpt import Layout
-    from tests.integrations.test_megatron import AFTER, BEFORE, PRELOAD, _check, _state
+    from tests.integrations.test_megatron import AFTER, BEFORE, _check, _state
 
 SOURCE = "TP2PP1DP2-distopt"
 
@@ -184,7 +184,7 @@ def _rank_of_file(name: str) -> int:
 @pytest.mark.skipif(importlib.util.find_spec("megatron") is None, reason="needs megatron-core (the dev extra)")
 def test_cli_reshard_to_tp_pp_dp_loads_in_megatron_with_each_rank_reading_its_own_files(tmp_path, capsys) -> None:
     src = str(tmp_path / "src")
-    source = run_ranks(4, _save, src, preload=PRELOAD, timeout=240)
+    source = run_ranks(4, _save, src, timeout=240)
     targets = {"tp2pp2": (Layout(2, 2, 1), ("--tp", "2", "--pp", "2")),
                "tp1pp2dp2": (Layout(1, 2, 2, True), ("--pp", "2", "--dp", "2"))}
     for name, (layout, flags) in targets.items():
@@ -193,7 +193,7 @@ def test_cli_reshard_to_tp_pp_dp_loads_in_megatron_with_each_rank_reading_its_ow
         report = json.loads(out)
         assert report["world_size"] == 4 and len(report["data_files"]) == 4 and all(report["bytes_per_rank"])
     cases = [(str(tmp_path / name), layout) for name, (layout, _) in targets.items()]
-    results = run_ranks(4, _load_resharded, cases, source[0], preload=PRELOAD, timeout=240)
+    results = run_ranks(4, _load_resharded, cases, source[0], timeout=240)
     for rank, rank_results in enumerate(results):
         for r in rank_results:
             _check(r)

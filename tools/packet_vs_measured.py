@@ -8,14 +8,17 @@ compared with the median of their p50s, and the largest distance of a repeat fro
 measurement's own spread. Prints each case and the error by size class (also counting a case as
 matched when its error is within its spread); writes JSON.
 
-The packet peer's two software terms (a rank's cost per step and per further piece it starts; what
-split-TCP's Python event loop costs on the measuring machine) are ``netsim.packet.PacketParams``'
-defaults unless given (``--step-us``, ``--piece-us``). ``--fit`` first fits them to the cases up to
-32 KiB, where they dominate (least mean absolute relative error; a 20 us grid, then 5 us around its
-best), and replays everything with the fitted terms: software speed differs between machines.
+The packet peer's three software terms (what split-TCP's Python event loop costs a rank on the measuring
+machine: per step it starts, per piece it sends, per piece or status it reads) are
+``netsim.packet.PacketParams``' defaults unless given (``--step-us``, ``--send-us``, ``--receive-us``).
+``--fit`` first fits them to the cases up to 32 KiB, where they dominate (least mean absolute relative
+error, by a pattern search on a 5 us lattice from the defaults; the fit replays ``--fit-iters``
+iterations of each case), and replays everything with the fitted terms: software speed differs between
+machines.
 
     python tools/packet_vs_measured.py ROWS.json [ROWS.json ...] [--model tcp] [--max-size 4M] [--jobs N]
-        [--step-us US --piece-us US | --fit] [--out bench-results/packet-vs-measured.json]
+        [--step-us US --send-us US --receive-us US | --fit [--fit-iters N]]
+        [--out bench-results/packet-vs-measured.json]
 """
 
 from __future__ import annotations
@@ -61,27 +64,51 @@ def _case_key(s: Scenario) -> tuple:
             r.fabric.seed if r.fabric else 0, r.iters, r.warmup)
 
 
-def _replay(job: tuple[Scenario, PacketParams]) -> PacketResult:
-    s, params = job
-    return replay(s.topology, s.job.steps, s.policy.paths, iters=s.row.iters, warmup=s.row.warmup, params=params)
+TERMS = ("step_s", "send_s", "receive_s")
 
 
-def _fit_software(pool: ProcessPoolExecutor, cases: list[tuple[Scenario, float]]) -> tuple[PacketParams, float]:
-    """The (step, piece) software terms with the least mean |relative error| over ``cases`` (scenario,
-    measured seconds): a 20 us grid over 0-120 us, then a 5 us grid around its best."""
+def _replay(job: tuple[Scenario, PacketParams, int | None]) -> PacketResult:
+    s, params, iters = job
+    return replay(s.topology, s.job.steps, s.policy.paths, iters=iters or s.row.iters, warmup=s.row.warmup,
+                  params=params)
 
-    def score(grid: list[tuple[float, float]]) -> dict[tuple[float, float], float]:
-        jobs = [(s, replace(PacketParams(), step_startup_s=a * 1e-6, subflow_startup_s=b * 1e-6))
-                for a, b in grid for s, _ in cases]
-        got = iter(pool.map(_replay, jobs, chunksize=4))
-        return {(a, b): statistics.fmean(abs(next(got).median_s / m - 1) for _, m in cases) for a, b in grid}
 
-    coarse = score([(a, b) for a in range(0, 121, 20) for b in range(0, 121, 20)])
-    a0, b0 = min(coarse, key=coarse.__getitem__)
-    fine = score([(a, b) for a in range(max(a0 - 10, 0), a0 + 11, 5) for b in range(max(b0 - 10, 0), b0 + 11, 5)])
-    best = min({**coarse, **fine}.items(), key=lambda kv: kv[1])
-    (a, b), error = best
-    return replace(PacketParams(), step_startup_s=a * 1e-6, subflow_startup_s=b * 1e-6), error
+def _with_terms(params: PacketParams, us: tuple[int, ...]) -> PacketParams:
+    return replace(params, **{name: value * 1e-6 for name, value in zip(TERMS, us)})
+
+
+def _fit_software(pool: ProcessPoolExecutor, cases: list[tuple[Scenario, float]], start: PacketParams,
+                  iters: int) -> tuple[PacketParams, float]:
+    """The software terms with the least mean |relative error| over ``cases`` (scenario, measured
+    seconds): a pattern search on a 5 us lattice of non-negative terms, from ``start``; it moves one
+    term by +-h while that helps and halves h from 40 us to 5 us."""
+    scores: dict[tuple[int, ...], float] = {}
+
+    def score(points: list[tuple[int, ...]]) -> None:
+        todo = [p for p in dict.fromkeys(points) if p not in scores and min(p) >= 0]
+        jobs = [(s, _with_terms(start, p), iters) for p in todo for s, _ in cases]
+        got = iter(pool.map(_replay, jobs, chunksize=2))
+        for p in todo:
+            scores[p] = statistics.fmean(abs(next(got).median_s / m - 1) for _, m in cases)
+
+    best = tuple(5 * round(getattr(start, name) * 1e6 / 5) for name in TERMS)
+    score([best])
+    step = 40
+    while step >= 5:
+        around = [tuple(v + d * step if i == j else v for i, v in enumerate(best))
+                  for j in range(len(TERMS)) for d in (-1, 1)]
+        score(around)
+        moved = min((p for p in around if p in scores), key=scores.__getitem__, default=best)
+        print(f"  fit: best {best} us (mean |error| {100 * scores[best]:.1f}%), step {step} us", flush=True)
+        if scores[moved] < scores[best]:
+            best = moved
+        else:
+            step //= 2
+    return _with_terms(start, best), scores[best]
+
+
+def _terms_text(params: PacketParams) -> str:
+    return ", ".join(f"{name[:-2]} {getattr(params, name) * 1e6:g} us" for name in TERMS)
 
 
 def main() -> None:
@@ -93,19 +120,21 @@ def main() -> None:
                         "sizes take seconds each)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="rows replayed in parallel")
     parser.add_argument("--step-us", type=float, help="software cost of a rank's step (default: PacketParams')")
-    parser.add_argument("--piece-us", type=float, help="software cost of each further piece a rank starts")
-    parser.add_argument("--fit", action="store_true", help="fit --step-us/--piece-us to the cases up to 32 KiB first")
+    parser.add_argument("--send-us", type=float, help="software cost of each piece a rank sends")
+    parser.add_argument("--receive-us", type=float, help="software cost of each piece or status a rank reads")
+    parser.add_argument("--fit", action="store_true", help="fit the three terms to the cases up to 32 KiB first")
+    parser.add_argument("--fit-iters", type=int, default=5, help="iterations of each case the fit replays")
     parser.add_argument("--out", type=Path, default=Path("bench-results/packet-vs-measured.json"))
     args = parser.parse_args()
-    if args.fit and (args.step_us is not None or args.piece_us is not None):
-        parser.error("--fit finds --step-us and --piece-us itself; give either --fit or the terms")
-    if min(args.step_us or 0.0, args.piece_us or 0.0) < 0:
-        parser.error("--step-us and --piece-us are costs: 0 or more microseconds")
-    params = PacketParams()
-    if args.step_us is not None:
-        params = replace(params, step_startup_s=args.step_us * 1e-6)
-    if args.piece_us is not None:
-        params = replace(params, subflow_startup_s=args.piece_us * 1e-6)
+    given = {name: value for name, value in zip(TERMS, (args.step_us, args.send_us, args.receive_us))
+             if value is not None}
+    if args.fit and given:
+        parser.error("--fit finds --step-us, --send-us and --receive-us itself; give either --fit or the terms")
+    if min(given.values(), default=0.0) < 0:
+        parser.error("--step-us, --send-us and --receive-us are costs: 0 or more microseconds")
+    if args.fit_iters < 1:
+        parser.error("--fit-iters: at least 1")
+    params = replace(PacketParams(), **{name: value * 1e-6 for name, value in given.items()})
     model = load_transport_model(args.model)
     limit = parse_size(args.max_size)
     cases: dict[tuple, list[Scenario]] = {}
@@ -122,10 +151,10 @@ def main() -> None:
                      if g[0].row.size_bytes <= 32 << 10]
             if not small:
                 sys.exit("--fit needs cases up to 32 KiB")
-            params, fit_error = _fit_software(pool, small)
-            print(f"fitted on {len(small)} cases up to 32 KiB: step {params.step_startup_s * 1e6:g} us, piece "
-                  f"{params.subflow_startup_s * 1e6:g} us (mean |error| {100 * fit_error:.1f}%)", flush=True)
-        jobs = [(group[0], params) for group in cases.values()]
+            params, fit_error = _fit_software(pool, small, params, args.fit_iters)
+            print(f"fitted on {len(small)} cases up to 32 KiB ({args.fit_iters} iterations each): "
+                  f"{_terms_text(params)} (mean |error| {100 * fit_error:.1f}%)", flush=True)
+        jobs = [(group[0], params, None) for group in cases.values()]
         for group, got in zip(cases.values(), pool.map(_replay, jobs)):
             s = group[0]
             row, fluid = s.row, s.predict(model)
@@ -147,9 +176,9 @@ def main() -> None:
                   f"({100 * packet_errors[-1][1]:+4.0f}%, {got.timeouts} RTOs), fluid {fluid * 1e3:8.1f} "
                   f"({100 * fluid_errors[-1][1]:+4.0f}%)", flush=True)
     doc = {"rows_files": [str(p) for p in args.rows], "fluid_model": model.source,
-           "software_terms": {"step_us": round(params.step_startup_s * 1e6, 3),
-                              "piece_us": round(params.subflow_startup_s * 1e6, 3),
-                              "fitted": args.fit, "fit_mean_abs_error": fit_error}, "rows": results,
+           "software_terms": {**{name.replace("_s", "_us"): round(getattr(params, name) * 1e6, 3) for name in TERMS},
+                              "fitted": args.fit, "fit_iters": args.fit_iters if args.fit else None,
+                              "fit_mean_abs_error": fit_error}, "rows": results,
            "packet": _summary(packet_errors), "fluid": _summary(fluid_errors),
            "seconds": time.perf_counter() - started}
     for name in ("packet", "fluid"):

@@ -7,11 +7,12 @@ The fabric mirrors ``netsim fabric up``: every host-leaf and leaf-spine directio
 steps and iterations, its status message on a connection of its own back. Every host is one rank and
 runs the steps in order, as split-TCP's ``exchange`` does: its step is done when each message it sent
 is acknowledged by the receiver's status (a few bytes, sent once all k pieces arrived and the receiver
-has reached that step; earlier pieces wait in its socket buffer) and each message to it arrived; its
-next step starts ``step_startup_s`` later (the software cost of a step), and it starts its pieces of a
-step ``subflow_startup_s`` apart (one event loop per rank). Ranks start an iteration together (the
-measurement's barrier); ``warmup`` iterations run first; the result is every rank's time in every
-timed iteration, whose median is what ``netsim measure`` reports as p50.
+has reached that step; earlier pieces wait in its socket buffer) and each message to it arrived. A rank
+is one event loop: its software work runs one task at a time, in the order it became due: starting a
+step costs ``step_s`` before the step begins, reading an arrived piece or status ``receive_s`` before
+it counts, and sending a piece ``send_s`` after its write (the piece leaves as the task begins). Ranks
+start an iteration together (the measurement's barrier); ``warmup`` iterations run first; the result
+is every rank's time in every timed iteration, whose median is what ``netsim measure`` reports as p50.
 
 This is the packet-level peer of the fluid engine: it has the losses, timeouts, slow start and queueing
 the fluid model leaves out, at the cost of one Python event per packet and hop (a 4 MiB ring
@@ -20,7 +21,7 @@ all-reduce on 8 hosts takes seconds).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -42,10 +43,12 @@ class PacketParams:
 
     queue_s: float = 0.010
     hop_s: float = 20e-6
-    # software costs of split-TCP's Python event loop, fitted (least absolute relative error on a 4x4 grid)
-    # to the 48 pinned 4-32 KiB rows of docs/data/netsim-emulated-rows.json, where they dominate
-    step_startup_s: float = 70e-6
-    subflow_startup_s: float = 55e-6  # a host's i-th piece of a step starts i times this late
+    # software costs of split-TCP's Python event loop (one per rank), fitted with
+    # ``tools/packet_vs_measured.py --fit`` to the 48 pinned 4-32 KiB rows of
+    # docs/data/netsim-emulated-rows.json, where they dominate (reads fitted to 0)
+    step_s: float = 65e-6  # starting a step
+    send_s: float = 60e-6  # sending one piece
+    receive_s: float = 0.0  # reading one arrived piece (hash, reassembly) or status message
     min_rto_s: float = MIN_RTO_S
     iteration_gap_s: float = 1e-3  # the barrier between iterations
 
@@ -150,16 +153,24 @@ def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int,
     pending: dict[int, int] = {}  # messages of its current step a host still waits for
     waiting: dict[tuple[int, int], list[_Message]] = {}  # (host, step): messages arrived before it got there
     finished: dict[int, float] = {}
+    busy_until: dict[int, float] = {}  # when each rank's event loop has done the tasks queued so far
+
+    def on_loop(host: int, cost: float, task: Callable[..., None], *args: object, at_start: bool = False) -> None:
+        """Queue ``task`` on ``host``'s event loop, which is then busy for ``cost``: the task takes effect
+        when that time is over, or as it begins (``at_start``: a send, whose write goes out first)."""
+        start = max(clock.now, busy_until.get(host, 0.0))
+        busy_until[host] = start + cost
+        clock.at(start if at_start else start + cost, task, *args)
 
     def step_done(host: int) -> None:
         pending[host] -= 1
         if pending[host] == 0:
-            clock.at(clock.now + params.step_startup_s, start_step, host, at_step[host] + 1)
+            on_loop(host, params.step_s, start_step, host, at_step[host] + 1)
 
     def consume(message: _Message) -> None:
         """The receiver has the whole message in its current step: answer, and count it."""
-        status_conn(message.src, message.dst, message.spines[0]).send(STATUS_BYTES, acked=_nothing,
-                                                          received=partial(step_done, message.src))
+        status_conn(message.src, message.dst, message.spines[0]).send(
+            STATUS_BYTES, acked=_nothing, received=partial(on_loop, message.src, params.receive_s, step_done, message.src))
         step_done(message.dst)
 
     def piece_received(message: _Message) -> None:
@@ -178,7 +189,6 @@ def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int,
         flows = steps[index]
         src, dst = flows.src.tolist(), flows.dst.tolist()
         pending[host] = src.count(host) + dst.count(host)
-        started = 0
         for s, d, size, port in zip(src, dst, flows.size.tolist(), flows.port.tolist()):
             if s != host:
                 continue
@@ -186,13 +196,12 @@ def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int,
             message, k = _Message(index, s, d, spines), len(spines)
             for j, spine in enumerate(spines):
                 piece = int(size) * (j + 1) // k - int(size) * j // k
-                send = partial(conn(s, d, j, spine).send, max(piece, 1), _nothing, partial(piece_received, message))
-                clock.at(clock.now + started * params.subflow_startup_s, send)
-                started += 1
+                arrived = partial(on_loop, d, params.receive_s, piece_received, message)
+                on_loop(host, params.send_s, conn(s, d, j, spine).send, max(piece, 1), _nothing, arrived, at_start=True)
         for message in waiting.pop((host, index), []):
             consume(message)
         if pending[host] == 0:
-            clock.at(clock.now + params.step_startup_s, start_step, host, index + 1)
+            on_loop(host, params.step_s, start_step, host, index + 1)
 
     rank_s: list[tuple[float, ...]] = []
     horizon = 3600.0
@@ -201,7 +210,7 @@ def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int,
         finished.clear()
         for host in hosts:
             at_step[host] = -1
-            clock.at(began + params.step_startup_s, start_step, host, 0)
+            on_loop(host, params.step_s, start_step, host, 0)
         clock.run(lambda: len(finished) == len(hosts), horizon)
         if iteration >= warmup:
             rank_s.append(tuple(finished[h] - began for h in hosts))

@@ -84,19 +84,21 @@ def test_packet_vs_measured_compares_repeats_as_one_case_with_its_spread(tmp_pat
 
 def test_packet_vs_measured_software_terms_move_the_packet_time(tmp_path: Path) -> None:
     rows = _rows(tmp_path, [1e-3])
-    fast = _compare(rows, tmp_path / "fast.json", "--step-us", "0", "--piece-us", "0")
-    slow = _compare(rows, tmp_path / "slow.json", "--step-us", "500", "--piece-us", "100")
-    assert slow["software_terms"] == {"step_us": 500.0, "piece_us": 100.0, "fitted": False,
-                                      "fit_mean_abs_error": None}
-    # all-to-all is one step: a step's start-up before it and before the rank is done, and the 7th of
-    # a rank's pieces starts 6 x 100 us after its first
+    free = ("--step-us", "0", "--send-us", "0", "--receive-us", "0")
+    fast = _compare(rows, tmp_path / "fast.json", *free)
+    slow = _compare(rows, tmp_path / "slow.json", "--step-us", "500", "--send-us", "100", "--receive-us", "0")
+    assert slow["software_terms"] == {"step_us": 500.0, "send_us": 100.0, "receive_us": 0.0, "fitted": False,
+                                      "fit_iters": None, "fit_mean_abs_error": None}
+    # all-to-all is one step: a step's start before it and before the rank is done, and a rank's 7th
+    # piece leaves after its loop has written 6 pieces of 100 us each
     gained = slow["rows"][0]["packet_s"] - fast["rows"][0]["packet_s"]
     assert gained == pytest.approx(2 * 500e-6 + 6 * 100e-6, rel=0.05)
 
 
 @pytest.mark.parametrize(("tool", "args", "message"), [
     ("packet_vs_measured", ["rows.json", "--fit", "--step-us", "10"], "give either --fit or the terms"),
-    ("packet_vs_measured", ["rows.json", "--piece-us", "-1"], "0 or more microseconds"),
+    ("packet_vs_measured", ["rows.json", "--send-us", "-1"], "0 or more microseconds"),
+    ("packet_vs_measured", ["rows.json", "--fit", "--fit-iters", "0"], "--fit-iters: at least 1"),
     ("netsim_emulated", ["--placements", "A,Z"], "--placements: unknown ['Z']"),
     ("netsim_emulated", ["--policies", "spray"], "--policies: unknown ['spray']"),
 ])
@@ -104,3 +106,15 @@ def test_experiment_tools_refuse_bad_options_before_doing_anything(tool: str, ar
     proc = subprocess.run([sys.executable, str(TOOLS / f"{tool}.py"), *args], capture_output=True, text=True,
                           timeout=60, check=False)
     assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_packet_vs_measured_fit_recovers_a_time_the_peer_can_reach(tmp_path: Path) -> None:
+    """Rows whose p50 is the peer's own time under some software terms: the fit, starting from the
+    defaults, finds terms that reproduce it (one case cannot tell the three terms apart)."""
+    made = _compare(_rows(tmp_path, [1e-3]), tmp_path / "made.json", "--step-us", "120", "--send-us", "20",
+                    "--receive-us", "35")["rows"][0]["packet_s"]
+    doc = _compare(_rows(tmp_path, [made]), tmp_path / "fit.json", "--fit", "--fit-iters", "3")
+    assert doc["software_terms"]["fitted"] is True and doc["software_terms"]["fit_iters"] == 3
+    assert doc["software_terms"]["fit_mean_abs_error"] < 0.01
+    assert doc["rows"][0]["packet_s"] == pytest.approx(made, rel=0.01)
+    assert all(doc["software_terms"][t] % 5 == 0 for t in ("step_us", "send_us", "receive_us"))

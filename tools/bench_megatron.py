@@ -117,7 +117,7 @@ def _ours(ddp, opt, sched) -> dict:
 
 
 def _worker(rank: int, world: int, cfg: dict) -> dict:
-    from tests.integrations.megatron_gpt import Arch, Layout, build, full_model, train
+    from integrations.megatron.tiny_gpt import Arch, Layout, build, full_model, train
 
     arch = Arch(layers=cfg["layers"], hidden=cfg["hidden"], heads=8, query_groups=8, ffn=4 * cfg["hidden"],
                 vocab=32000, vocab_divisible_by=64)  # 32000 rows at TP2 and TP4
@@ -186,7 +186,7 @@ def run(rounds: int, out: str, scratch_dir: str | None, layers: int, hidden: int
 
     from bench_report import machine_info, render_table, write_json
 
-    from tests.dist_harness import run_ranks
+    from integrations.local_ranks import run_ranks
 
     scratch = Path(tempfile.mkdtemp(prefix="bcp-megatron-", dir=scratch_dir))
     cfg = {"root": str(scratch), "rounds": rounds, "reshard_rounds": max(1, rounds), "layers": layers,

@@ -24,9 +24,9 @@ import torch.distributed
 import bytecheckpoint as bcp
 from bytecheckpoint.reshard_offline import reshard_checkpoint
 from bytecheckpoint.storage import LocalStorage
+from integrations.local_ranks import run_ranks
 from integrations.megatron.offline_layout import MegatronTarget, megatron_layout
-from tests.dist_harness import run_ranks
-from tests.integrations.megatron_gpt import Layout
+from integrations.megatron.tiny_gpt import Layout
 
 SOURCE = Layout(2, 2, 1, True)
 TARGETS = (Layout(1, 1, 4, True), Layout(4, 1, 1, False))
@@ -34,7 +34,7 @@ OFFLINE = TARGETS[1]  # loads the offline-resharded copy
 
 
 def _run(rank: int, world: int, path: str, steps: int, stop_at: int) -> dict[str, list]:
-    from tests.integrations.megatron_gpt import build, train
+    from integrations.megatron.tiny_gpt import build, train
 
     ddp, opt, sched = build(SOURCE)
     losses = {str(SOURCE): train(ddp, opt, sched, range(stop_at))}

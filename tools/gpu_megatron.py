@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.integrations.megatron_gpt import Layout
+from integrations.megatron.tiny_gpt import Layout
 
 # vocab 50176 = 512 * 98: the padded vocabulary is the same at TP 1, 2, 4 and 8 (equal outputs need that)
 ARCH = {"layers": 4, "hidden": 256, "heads": 8, "query_groups": 4, "ffn": 1024, "vocab": 50176, "vocab_divisible_by": 64}
@@ -61,7 +61,7 @@ def _rank(rank: int, world: int, phase: str, layout: Layout, path: str, port: in
     try:
         import bytecheckpoint as bcp
         from integrations.megatron.adapter import declare_vocab_size
-        from tests.integrations.megatron_gpt import Arch, build, eval_loss, train
+        from integrations.megatron.tiny_gpt import Arch, build, eval_loss, train
 
         arch = Arch(**arch_kw)
         ddp, opt, sched = build(layout, arch, seed=0 if phase == "save" else 7, lr=0.01 if phase == "save" else 0.05)

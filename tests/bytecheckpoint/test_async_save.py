@@ -15,7 +15,7 @@ import torch.distributed as dist
 import bytecheckpoint as bcp
 from bytecheckpoint.snapshot import POOL
 from bytecheckpoint.storage import LocalStorage
-from tests.dist_harness import RankFailure, run_ranks
+from integrations.local_ranks import RankFailure, run_ranks
 
 
 def make_state(seed: int = 0) -> dict:

@@ -10,9 +10,9 @@ import torch
 
 import bytecheckpoint as bcp
 from bytecheckpoint.reshard_offline import dim0_boxes
+from integrations.local_ranks import run_ranks
 from tests.bytecheckpoint.cli_runner import one_error_line, run
 from tests.counting_storage import CountingStorage
-from tests.dist_harness import run_ranks
 
 W_SHAPE, B_SHAPE = (10, 6), (7,)
 

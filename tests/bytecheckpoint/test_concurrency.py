@@ -28,8 +28,8 @@ from bytecheckpoint.commit import COMMIT_LOCK
 from bytecheckpoint.leases import Lease
 from bytecheckpoint.loader import read_metadata
 from bytecheckpoint.storage import resolve_storage
+from integrations.local_ranks import forkserver_context
 from tests.bytecheckpoint.storage.s3server import BUCKET, moto_server  # noqa: F401 - fixture
-from tests.dist_harness import forkserver_context
 
 N = 1 << 14
 MAX_SAVES = 1000  # per writer; writer w saves ids 1000 * (w + 1) + i

@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 
 import bytecheckpoint as bcp
+from integrations.local_ranks import RankFailure, run_ranks
 from tests.bytecheckpoint.layouts import SPECS, check_state, make_state, reference
-from tests.dist_harness import RankFailure, run_ranks
 
 pytestmark = pytest.mark.distributed
 

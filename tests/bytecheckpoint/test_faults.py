@@ -22,6 +22,7 @@ import bytecheckpoint as bcp
 from bytecheckpoint.metadata import METADATA_FILE
 from bytecheckpoint.storage import LocalStorage, Storage
 from bytecheckpoint.storage.s3 import S3Storage
+from integrations.local_ranks import RankFailure, forkserver_context, run_ranks
 from tests.bytecheckpoint.storage.s3server import (
     BUCKET,
     MOTO_CREDENTIALS,
@@ -30,7 +31,6 @@ from tests.bytecheckpoint.storage.s3server import (
     TcpProxy,
     moto_server,  # noqa: F401 - fixture
 )
-from tests.dist_harness import RankFailure, forkserver_context, run_ranks
 
 
 def state_for(step: int, n: int = 1 << 16) -> dict:

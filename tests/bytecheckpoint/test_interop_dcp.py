@@ -18,7 +18,7 @@ from bytecheckpoint.dcp_format import NO_CHECKSUMS_NOTE
 from bytecheckpoint.interop import import_checkpoint
 from bytecheckpoint.loader import find_damage, read_metadata
 from bytecheckpoint.storage import resolve_storage
-from tests.dist_harness import run_ranks
+from integrations.local_ranks import run_ranks
 
 ROWS, COLS = 12, 5
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import bytecheckpoint as bcp
-from tests.dist_harness import run_ranks
+from integrations.local_ranks import run_ranks
 from tests.integrations.training import Setup, build, full_params, train
 
 

@@ -14,8 +14,8 @@ import torch
 
 import bytecheckpoint as bcp
 from bytecheckpoint.manager import LOCK_FILE, step_dir
+from integrations.local_ranks import forkserver_context, run_ranks
 from tests.bytecheckpoint.storage.s3server import BUCKET, MOTO_CREDENTIALS, moto_server  # noqa: F401 - fixture
-from tests.dist_harness import forkserver_context, run_ranks
 
 
 def state_for(step: int, n: int = 4096) -> dict:

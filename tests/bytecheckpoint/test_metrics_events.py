@@ -232,7 +232,7 @@ def _ranks_save_load_and_fail(rank: int, world: int, root: str) -> dict:
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_each_rank_reports_its_own_phases_and_a_failure_reaches_every_rank(tmp_path) -> None:
-    from tests.dist_harness import run_ranks
+    from integrations.local_ranks import run_ranks
 
     results = run_ranks(2, _ranks_save_load_and_fail, str(tmp_path))
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]

@@ -8,7 +8,7 @@ import torch
 import bytecheckpoint as bcp
 from bytecheckpoint.metadata import ChunkLocation
 from bytecheckpoint.shared_reads import plan_sharing
-from tests.dist_harness import run_ranks
+from integrations.local_ranks import run_ranks
 
 
 def test_each_shared_chunk_goes_to_one_needing_rank_balancing_bytes() -> None:

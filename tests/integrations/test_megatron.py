@@ -14,10 +14,10 @@ if importlib.util.find_spec("megatron") is None:  # not imported here: the spawn
     pytest.skip("needs megatron-core==0.16.1 (the dev extra installs it)", allow_module_level=True)
 
 import bytecheckpoint as bcp
+from integrations.local_ranks import run_ranks
 from integrations.megatron.names import gpt_key_map, load_full_by_name, megatron_view
+from integrations.megatron.tiny_gpt import Arch, Layout, PlainGPT
 from integrations.token_stream import TokenStream, TokenStreamLoader
-from tests.dist_harness import run_ranks
-from tests.integrations.megatron_gpt import Arch, Layout, PlainGPT
 
 pytestmark = pytest.mark.distributed
 BEFORE, AFTER = range(3), range(3, 5)
@@ -31,7 +31,7 @@ def _state(ddp, opt, sched, **extra) -> dict:
 def _resume_cases(rank: int, world: int, path: str, cases: list[tuple[Layout, list[Layout]]]) -> list[dict]:
     """For each source: train, save, continue (the uninterrupted reference); then each target loads
     the checkpoint (built with another seed and learning rate) and trains the same steps."""
-    from tests.integrations.megatron_gpt import build, full_model, train
+    from integrations.megatron.tiny_gpt import build, full_model, train
 
     results = []
     for i, (source, targets) in enumerate(cases):
@@ -95,7 +95,7 @@ def _dataloader_and_vocab(rank: int, world: int, path: str) -> dict:
     from megatron.core import parallel_state
 
     from integrations.megatron.adapter import declare_vocab_size
-    from tests.integrations.megatron_gpt import build, full_model
+    from integrations.megatron.tiny_gpt import build, full_model
 
     arch = Arch(vocab_divisible_by=8)
     stream = TokenStream(num_docs=50, vocab_size=arch.vocab, min_len=3, max_len=20)
@@ -139,7 +139,7 @@ def test_dataloader_follows_data_parallel_rank_and_padded_vocab_reshards(tmp_pat
 
 
 def _dp2_save(rank: int, world: int, path: str) -> dict:
-    from tests.integrations.megatron_gpt import build, eval_loss, full_model, train
+    from integrations.megatron.tiny_gpt import build, eval_loss, full_model, train
 
     ddp, opt, sched = build(Layout(1, 1, 2, True))
     train(ddp, opt, sched, BEFORE)
@@ -149,7 +149,7 @@ def _dp2_save(rank: int, world: int, path: str) -> dict:
 
 
 def _dp1_resume(rank: int, world: int, path: str, plain_path: str) -> dict:
-    from tests.integrations.megatron_gpt import build, eval_loss, full_model, train
+    from integrations.megatron.tiny_gpt import build, eval_loss, full_model, train
 
     errors = {}
     for name, arch in {"layers": Arch(layers=4), "hidden": Arch(hidden=24)}.items():

@@ -19,10 +19,10 @@ from bytecheckpoint.boxes import ShardBox, check_tiling
 from bytecheckpoint.loader import read_metadata
 from bytecheckpoint.reshard_offline import LayoutError
 from bytecheckpoint.storage import LocalStorage
+from integrations.local_ranks import run_ranks
 from integrations.megatron.offline_layout import DESCRIPTION_KEY, MegatronTarget, TensorSplit, megatron_layout
 from tests.bytecheckpoint.cli_runner import one_error_line, run
 from tests.counting_storage import CountingStorage
-from tests.dist_harness import run_ranks
 
 LAYERS, HIDDEN, FFN, VOCAB = 3, 16, 24, 304
 SPLITS = {  # Megatron key: (global shape, how Megatron splits it) as the adapter records it for a GPT
@@ -141,14 +141,14 @@ def test_bad_megatron_targets_fail_with_one_line(tmp_path, synthetic, capsys) ->
 # -- real Megatron ranks ---------------------------------------------------------------------------
 
 if importlib.util.find_spec("megatron") is not None:
-    from tests.integrations.megatron_gpt import Layout
+    from integrations.megatron.tiny_gpt import Layout
     from tests.integrations.test_megatron import AFTER, BEFORE, _check, _state
 
 SOURCE = "TP2PP1DP2-distopt"
 
 
 def _save(rank: int, world: int, path: str) -> dict:
-    from tests.integrations.megatron_gpt import build, full_model, train
+    from integrations.megatron.tiny_gpt import build, full_model, train
 
     ddp, opt, sched = build(Layout(2, 1, 2, True))
     train(ddp, opt, sched, BEFORE)
@@ -158,7 +158,7 @@ def _save(rank: int, world: int, path: str) -> dict:
 
 
 def _load_resharded(rank: int, world: int, cases: list[tuple[str, Layout]], source: dict) -> list[dict]:
-    from tests.integrations.megatron_gpt import build, full_model, train
+    from integrations.megatron.tiny_gpt import build, full_model, train
 
     out = []
     for path, layout in cases:

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bytecheckpoint as bcp
+from integrations.local_ranks import run_ranks
 from integrations.reshardable import RNGState
 from integrations.token_stream import Segment, TokenStream, TokenStreamLoader
-from tests.dist_harness import run_ranks
 
 STREAM = TokenStream(num_docs=50, vocab_size=97, min_len=3, max_len=40, seed=3)
 

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import bytecheckpoint as bcp
+from integrations.local_ranks import run_ranks
 from integrations.optimizer_state import OptimizerMismatchError
-from tests.dist_harness import run_ranks
 from tests.integrations.training import Setup, TinyNet, build, full_params, train
 
 pytestmark = pytest.mark.distributed

@@ -1,6 +1,6 @@
-"""A tiny Megatron-Core GPTModel trained on CPU/gloo under any TP x PP x DP layout, for the
-equivalence tests, the benchmark, the demo and the GPU run (on CUDA when it is there; 3 layers and a vocab of 301 by default: neither
-divides evenly by the parallel sizes used)."""
+"""A tiny Megatron-Core GPTModel trained on CPU/gloo under any TP x PP x DP layout, for the demo, the
+benchmark, the GPU run and the equivalence tests (on CUDA when it is there; 3 layers and a vocab of
+301 by default: neither divides evenly by the parallel sizes used)."""
 
 from __future__ import annotations
 

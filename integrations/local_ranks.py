@@ -1,4 +1,5 @@
-"""Run a function on N real torch.distributed ranks (spawned processes, gloo, file store)."""
+"""Run a function on N real torch.distributed ranks on this machine (forkserver processes, gloo, a
+file store): what the demos, the Megatron benchmark and the multi-process tests launch."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 import torch.distributed as dist
 
 
-class RankFailure(AssertionError):
+class RankFailure(RuntimeError):
     """One or more spawned ranks failed; carries each rank's exception type name and traceback."""
 
     def __init__(self, failures: dict[int, tuple[str, str]]) -> None:
@@ -47,7 +48,7 @@ def _preload() -> list[str]:
     modules = ["torch", "torch.distributed", "bytecheckpoint"]
     if importlib.util.find_spec("megatron") is not None and importlib.util.find_spec("megatron.core") is not None:
         modules += ["megatron.core", "megatron.core.models.gpt", "megatron.core.optimizer",
-                    "tests.integrations.megatron_gpt"]
+                    "integrations.megatron.tiny_gpt"]
     return modules
 
 

@@ -14,10 +14,11 @@ machine: per step it starts, per piece it sends, per piece or status it reads) a
 ``--fit`` first fits them to the cases up to 32 KiB, where they dominate (least mean absolute relative
 error, by a pattern search on a 5 us lattice from the defaults; the fit replays ``--fit-iters``
 iterations of each case), and replays everything with the fitted terms: software speed differs between
-machines.
+machines. ``--small-queues UNITS`` replays with Linux's host egress (local qdisc refusals, TCP small
+queues of UNITS GSO units; ``netsim.packet.tcp``) instead of a lossy one.
 
     python tools/packet_vs_measured.py ROWS.json [ROWS.json ...] [--model tcp] [--max-size 4M] [--jobs N]
-        [--step-us US --send-us US --receive-us US | --fit [--fit-iters N]]
+        [--step-us US --send-us US --receive-us US | --fit [--fit-iters N]] [--small-queues UNITS]
         [--out bench-results/packet-vs-measured.json]
 """
 
@@ -124,6 +125,8 @@ def main() -> None:
     parser.add_argument("--receive-us", type=float, help="software cost of each piece or status a rank reads")
     parser.add_argument("--fit", action="store_true", help="fit the three terms to the cases up to 32 KiB first")
     parser.add_argument("--fit-iters", type=int, default=5, help="iterations of each case the fit replays")
+    parser.add_argument("--small-queues", type=float, help="Linux's host egress with TCP small queues of this "
+                        "many GSO units per connection (default: a lossy host egress)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/packet-vs-measured.json"))
     args = parser.parse_args()
     given = {name: value for name, value in zip(TERMS, (args.step_us, args.send_us, args.receive_us))
@@ -134,7 +137,10 @@ def main() -> None:
         parser.error("--step-us, --send-us and --receive-us are costs: 0 or more microseconds")
     if args.fit_iters < 1:
         parser.error("--fit-iters: at least 1")
-    params = replace(PacketParams(), **{name: value * 1e-6 for name, value in given.items()})
+    if args.small_queues is not None and args.small_queues <= 0:
+        parser.error("--small-queues: more than 0 units")
+    params = replace(PacketParams(), small_queue_units=args.small_queues,
+                     **{name: value * 1e-6 for name, value in given.items()})
     model = load_transport_model(args.model)
     limit = parse_size(args.max_size)
     cases: dict[tuple, list[Scenario]] = {}
@@ -178,7 +184,8 @@ def main() -> None:
     doc = {"rows_files": [str(p) for p in args.rows], "fluid_model": model.source,
            "software_terms": {**{name.replace("_s", "_us"): round(getattr(params, name) * 1e6, 3) for name in TERMS},
                               "fitted": args.fit, "fit_iters": args.fit_iters if args.fit else None,
-                              "fit_mean_abs_error": fit_error}, "rows": results,
+                              "fit_mean_abs_error": fit_error},
+           "small_queue_units": params.small_queue_units, "rows": results,
            "packet": _summary(packet_errors), "fluid": _summary(fluid_errors),
            "seconds": time.perf_counter() - started}
     for name in ("packet", "fluid"):

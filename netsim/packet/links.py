@@ -50,6 +50,7 @@ class Packet:
     arrive: Callable[[Packet], None]
     payload: dict[str, Any] = field(default_factory=dict)
     hop: int = 0
+    left_host: Callable[[Packet], None] | None = None  # called when it leaves its first link's queue
 
     def forward(self) -> None:
         self.hop += 1
@@ -71,15 +72,17 @@ class TbfLink:
         self.drops = 0
         self.sent_bytes = 0
 
-    def send(self, packet: Packet) -> None:
-        """Take ``packet`` (its first hop, or forwarded to this one)."""
+    def send(self, packet: Packet) -> bool:
+        """Take ``packet`` (its first hop, or forwarded to this one); False if the queue had no room (a
+        drop, counted; a sender with small queues learns it there, as from a local qdisc)."""
         if self.queued + packet.size > self.limit:
             self.drops += 1
-            return
+            return False
         self.queue.append(packet)
         self.queued += packet.size
         if not self.waiting:
             self._pump()
+        return True
 
     def _pump(self) -> None:
         self.waiting = False
@@ -96,4 +99,7 @@ class TbfLink:
             self.queue.popleft()
             self.queued -= packet.size
             self.sent_bytes += packet.size
+            if packet.left_host is not None:  # as its own event: the sender may send again at once
+                self.clock.at(now, packet.left_host, packet)
+                packet.left_host = None
             self.clock.at(now + self.prop_s, packet.forward)

@@ -51,6 +51,9 @@ class PacketParams:
     receive_s: float = 0.0  # reading one arrived piece (hash, reassembly) or status message
     min_rto_s: float = MIN_RTO_S
     iteration_gap_s: float = 1e-3  # the barrier between iterations
+    # None: a host's own egress drops like any queue; a number: Linux's local qdisc refusals and TCP small
+    # queues of that many GSO units per connection (see netsim.packet.tcp)
+    small_queue_units: float | None = None
 
 
 class PacketFabric:
@@ -140,13 +143,13 @@ def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int,
         key = (src, dst, j)
         if key not in connections:
             connections[key] = TcpConnection(clock, fabric.route(src, dst, spine), fabric.route(dst, src, spine),
-                                             params.min_rto_s)
+                                             params.min_rto_s, params.small_queue_units)
         return connections[key]
 
     def status_conn(src: int, dst: int, spine: int) -> TcpConnection:
         if (src, dst) not in status:  # the receiver's answer travels back on the pair's subflow-0 path
             status[(src, dst)] = TcpConnection(clock, fabric.route(dst, src, spine), fabric.route(src, dst, spine),
-                                               params.min_rto_s)
+                                               params.min_rto_s, params.small_queue_units)
         return status[(src, dst)]
 
     at_step: dict[int, int] = {}  # the step each host is in (len(steps): finished)

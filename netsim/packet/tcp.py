@@ -15,6 +15,16 @@ data or resends the last segment. The retransmission timer runs from the last cu
 after an idle period), its timeout is srtt + max(200 ms, 4 rttvar) and backs off; it marks everything
 outstanding lost and restarts from a window of 1. A connection idle for longer than its RTO restarts from
 the initial window (``tcp_slow_start_after_idle``).
+
+The sender's own egress queue (the host's tbf) drops what it has no room for like any other queue,
+unless ``small_queue_units`` is given; then it behaves as Linux's qdisc does for a local socket: a
+refused segment stays unsent (the send fails; nothing is lost in the network) and the connection
+enters CWR (window x 0.7, once per window of data); it is tried again on the next ACK or, with nothing
+in flight, when the zero-window probe timer fires (max(RTO, 200 ms) later; no retransmission timeout
+is counted). And TCP small queues hold the rest in the socket: a connection with more than one segment
+unacknowledged sends only while its bytes in that queue are under ``small_queue_units`` GSO units
+(a unit: 1 ms of its pacing rate, cwnd / srtt x2 in slow start below half of ssthresh and x1.2 after,
+clamped to 2 segments - 64 KiB; the kernel's limit is two skbs' truesize), not counted in flight.
 """
 
 from __future__ import annotations
@@ -28,6 +38,9 @@ from netsim.packet.links import Clock, Packet, TbfLink
 
 MSS = 1448
 HEADER = 52  # IPv4 20 + TCP 20 + timestamps 12
+TSQ_SHIFT_S = 2.0 ** -10  # sk_pacing_shift 10: about 1 ms of the pacing rate
+TSQ_MAX_BYTES = 1 << 20  # tcp_limit_output_bytes
+GSO_MAX_BYTES = 1 << 16
 INITIAL_WINDOW = 10
 MIN_RTO_S = 0.2
 DUP_THRESHOLD = 3
@@ -62,8 +75,10 @@ class _Segment:
 class TcpConnection:
     """Bytes from one host to another over ``route``; ACKs return over ``reverse``."""
 
-    def __init__(self, clock: Clock, route: list[TbfLink], reverse: list[TbfLink], min_rto_s: float = MIN_RTO_S) -> None:
+    def __init__(self, clock: Clock, route: list[TbfLink], reverse: list[TbfLink], min_rto_s: float = MIN_RTO_S,
+                 small_queue_units: float | None = None) -> None:
         self.clock, self.route, self.reverse, self.min_rto_s = clock, route, reverse, min_rto_s
+        self.small_queue_units = small_queue_units
         self.snd_una = self.snd_nxt = self.app_end = 0
         self.segments: dict[int, _Segment] = {}  # unacknowledged, by first byte (insertion order = stream order)
         self.cwnd, self.ssthresh = float(INITIAL_WINDOW), float("inf")
@@ -85,7 +100,11 @@ class TcpConnection:
         self.rcv_nxt = 0
         self.out_of_order: dict[int, int] = {}  # received above rcv_nxt: first byte -> end
         self.delivered: list[tuple[int, Callable[[], None]]] = []  # (end byte, called once received)
-        self.timeouts = self.retransmits = self.probes = 0
+        self.cwr_until = 0  # no further CWR reduction until this is acknowledged
+        self.queued_locally = 0  # bytes of this connection in the sender's egress queue
+        self.tsq_throttled = False
+        self.probe0_generation = 0
+        self.timeouts = self.retransmits = self.probes = self.refusals = 0
 
     # -- the application ---------------------------------------------------------------------------
 
@@ -105,41 +124,94 @@ class TcpConnection:
         return sum(s.length for s in self.segments.values() if not s.sacked and (not s.lost or s.retransmitted))
 
     def _transmit(self) -> None:
-        """Retransmit lost segments, then send new data, while the bytes in flight fit the window."""
+        """Retransmit lost segments, then send new data, while the bytes in flight fit the window and
+        the sender's egress takes them."""
         window = max(int(self.cwnd), 1) * MSS
         flight = self._in_flight()
         was_idle = not self.segments
         head = next(iter(self.segments.values()), None)
-        restart_rto = sent_new = False
+        restart_rto = sent_new = refused = False
         for seg in self.segments.values():
             if flight >= window:
                 break
             if seg.lost and not seg.retransmitted and not seg.sacked:
+                if self._small_queue_full():
+                    break
+                if not self._send_segment(seg):
+                    refused = True
+                    break
                 seg.retransmitted = True
                 self.retransmits += 1
-                self._send_segment(seg)
                 flight += seg.length
                 restart_rto |= seg is head  # Linux restarts the timer when it resends the head
-        while self.snd_nxt < self.app_end and flight < window:
-            flight += self._send_new().length
+        while not refused and self.snd_nxt < self.app_end and flight < window and not self._small_queue_full():
+            seg = self._send_new()
+            if seg is None:
+                refused = True
+                break
+            flight += seg.length
             sent_new = True
         if (sent_new and was_idle) or restart_rto:
             self._set_xmit_timer(restart_rto=True)
         elif sent_new and self._probe_allowed():
             self._set_xmit_timer(restart_rto=False)
+        if refused:
+            self._refused()
 
-    def _send_new(self) -> _Segment:
+    def _small_queue_full(self) -> bool:
+        """TCP small queues: hold back while enough of this connection waits in the egress queue."""
+        if self.small_queue_units is None or len(self.segments) <= 1 or self.srtt is None:
+            return False
+        pacing = (2.0 if self.cwnd < self.ssthresh / 2 else 1.2) * self.cwnd * MSS / self.srtt
+        unit = min(max(pacing * TSQ_SHIFT_S, 2 * MSS), GSO_MAX_BYTES)
+        self.tsq_throttled = self.queued_locally > min(self.small_queue_units * unit, TSQ_MAX_BYTES)
+        return self.tsq_throttled
+
+    def _left_host(self, packet: Packet) -> None:
+        self.queued_locally -= packet.size
+        if self.tsq_throttled:
+            self.tsq_throttled = False
+            self._transmit()
+
+    def _refused(self) -> None:
+        """The egress queue refused a segment: CWR, and with nothing in flight the probe timer."""
+        self.refusals += 1
+        if self.state is _State.OPEN and self.snd_una >= self.cwr_until:
+            self.ssthresh = max(self.cwnd * CUBIC_BETA, 2.0)
+            self.cwnd = self.ssthresh
+            self.cwr_until = self.snd_nxt
+        if self._in_flight() == 0:  # no ACK will come to try again
+            self.probe0_generation += 1
+            self.clock.at(self.clock.now + max(self.rto, MIN_RTO_S), self._on_probe0, self.probe0_generation)
+
+    def _on_probe0(self, generation: int) -> None:
+        if generation == self.probe0_generation:
+            self._transmit()
+
+    def _send_new(self) -> _Segment | None:
+        """Send the next new segment; None (nothing sent) if the egress refused it."""
         seg = _Segment(self.snd_nxt, min(MSS, self.app_end - self.snd_nxt), self.clock.now)
+        if not self._send_segment(seg):
+            return None
         self.segments[seg.seq] = seg
         self.snd_nxt += seg.length
-        self._send_segment(seg)
         return seg
 
-    def _send_segment(self, seg: _Segment) -> None:
+    def _send_segment(self, seg: _Segment) -> bool:
+        """Hand ``seg`` to the sender's egress; False if its queue refused it (only with small queues:
+        otherwise a full egress drops it like any queue, and the segment counts as sent)."""
+        payload = {"seq": seg.seq, "len": seg.length, "ts": self.clock.now}
+        if self.small_queue_units is None:
+            self.last_active = seg.sent_at = self.clock.now
+            self.route[0].send(Packet(seg.length + HEADER, self.route, self._on_data, payload))
+            return True
+        packet = Packet(seg.length + HEADER, self.route, self._on_data, payload, left_host=self._left_host)
+        self.queued_locally += packet.size
+        if not self.route[0].send(packet):
+            self.queued_locally -= packet.size
+            return False
         self.last_active = seg.sent_at = self.clock.now
-        packet = Packet(seg.length + HEADER, self.route, self._on_data,
-                        {"seq": seg.seq, "len": seg.length, "ts": self.clock.now})
-        self.route[0].send(packet)
+        return True
 
     def _probe_allowed(self) -> bool:
         return (self.state is _State.OPEN and self.srtt is not None and self.tlp_high_seq is None
@@ -290,14 +362,16 @@ class TcpConnection:
         ACK reveals the holes; then the retransmission timer is pending."""
         if generation != self.timer_generation or not self._probe_allowed():
             return
-        self.probes += 1
         if self.snd_nxt < self.app_end:
-            self._send_new()  # a probe may exceed the window by one segment
+            sent = self._send_new() is not None  # a probe may exceed the window by one segment
         else:
             unsacked = [seg for seg in self.segments.values() if not seg.sacked]
-            if unsacked:
-                self.retransmits += 1
-                self._send_segment(unsacked[-1])
+            sent = not unsacked or self._send_segment(unsacked[-1])
+            self.retransmits += bool(unsacked) and sent
+        if sent:
+            self.probes += 1
+        else:
+            self._refused()
         self.tlp_high_seq = self.snd_nxt
         head = next(iter(self.segments.values()))
         self.rto_deadline = max(self.rto_deadline, head.sent_at + self.rto * self.backoff)  # from the head's send

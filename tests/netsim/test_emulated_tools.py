@@ -80,6 +80,7 @@ def test_packet_vs_measured_compares_repeats_as_one_case_with_its_spread(tmp_pat
     assert summary["within_10pct"] == (1.0 if error <= 0.1 else 0.0)
     assert summary["within_10pct_or_spread"] == (1.0 if error <= 0.25 else 0.0)
     assert doc["software_terms"]["fitted"] is False
+    assert doc["small_queue_units"] is None  # the lossy host egress unless --small-queues
 
 
 def test_packet_vs_measured_software_terms_move_the_packet_time(tmp_path: Path) -> None:
@@ -99,6 +100,7 @@ def test_packet_vs_measured_software_terms_move_the_packet_time(tmp_path: Path) 
     ("packet_vs_measured", ["rows.json", "--fit", "--step-us", "10"], "give either --fit or the terms"),
     ("packet_vs_measured", ["rows.json", "--send-us", "-1"], "0 or more microseconds"),
     ("packet_vs_measured", ["rows.json", "--fit", "--fit-iters", "0"], "--fit-iters: at least 1"),
+    ("packet_vs_measured", ["rows.json", "--small-queues", "0"], "--small-queues: more than 0 units"),
     ("netsim_emulated", ["--placements", "A,Z"], "--placements: unknown ['Z']"),
     ("netsim_emulated", ["--policies", "spray"], "--policies: unknown ['spray']"),
 ])

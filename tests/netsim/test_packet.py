@@ -193,3 +193,87 @@ def test_a_ranks_event_loop_charges_its_step_sends_and_reads_in_order(step_s, se
     costly = seconds(PacketParams(step_s=step_s, send_s=send_s, receive_s=receive_s))
     for rank in (0, 1):
         assert costly[rank] - free[rank] == pytest.approx(2 * step_s + send_s + 2 * receive_s, abs=2e-4)
+
+
+def test_with_small_queues_a_lone_flow_loses_nothing_at_its_own_egress() -> None:
+    """Linux's small queues keep a socket's share of its host's qdisc to a few GSO units, and what the
+    qdisc refuses is sent later, so a single flow into a 2 ms queue retransmits nothing (the lossy
+    egress does; the test above) and still moves at the link's goodput."""
+    size = 512 << 10
+    topology = LeafSpine(2, 2, 1, 0.1)
+    flows = FlowSet.build([0], [2], size, [0])
+    params = PacketParams(queue_s=0.002, small_queue_units=3)
+    result = replay(topology, [flows], {(0, 2): (0,)}, iters=2, warmup=1, params=params)
+    assert result.retransmits == 0 and result.timeouts == 0
+    assert result.median_s == pytest.approx(size / GOODPUT, rel=0.05)
+
+
+class _RefuseOnce(TbfLink):
+    """A sender's egress that refuses its next packet once armed (a full qdisc)."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock, "egress", rate=1e9, burst=1e9, limit=1e9, prop_s=0.0005)
+        self.armed = False
+
+    def send(self, packet: Packet) -> bool:
+        if self.armed:
+            self.armed = False
+            self.drops += 1
+            return False
+        return super().send(packet)
+
+
+@pytest.mark.parametrize("small_queues", [None, 3.0])
+def test_a_refused_send_with_nothing_in_flight_waits_for_the_probe_timer_not_an_rto(small_queues) -> None:
+    """With Linux's host egress a failed send with nothing out arms the zero-window probe timer
+    (max(RTO, 200 ms)): the ~200 ms stall the kernel shows without counting a timeout. A lossy egress
+    instead loses the segment, which its tail loss probe repairs within milliseconds."""
+    clock = Clock()
+    egress = _RefuseOnce(clock)
+    connection = TcpConnection(clock, [egress], [TbfLink(clock, "back", 1e9, 1e9, 1e9, 0.0005)],
+                               small_queue_units=small_queues)
+    done: list[float] = []
+    connection.send(40 * MSS, lambda: done.append(clock.now), lambda: None)
+    clock.run(lambda: len(done) == 1, horizon_s=10)
+    egress.armed, start = True, clock.now
+    connection.send(40 * MSS, lambda: done.append(clock.now), lambda: None)
+    clock.run(lambda: len(done) == 2, horizon_s=10)
+    assert connection.timeouts == 0
+    if small_queues is None:
+        assert connection.refusals == 0 and connection.retransmits == 1 and done[1] - start < 0.02
+    else:
+        assert connection.refusals == 1 and connection.retransmits == 0
+        assert MIN_RTO_S < done[1] - start < MIN_RTO_S + 0.02
+
+
+class _DeepEgress(TbfLink):
+    """A 100 Mbit/s egress with room for anything, recording the most bytes it held."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock, "egress", rate=RATE, burst=RATE / 250, limit=1e12, prop_s=20e-6)
+        self.most = 0
+
+    def send(self, packet: Packet) -> bool:
+        taken = super().send(packet)
+        self.most = max(self.most, self.queued)
+        return taken
+
+
+@pytest.mark.parametrize("units", [0.5, 1.0])
+def test_small_queues_bound_what_a_connection_keeps_in_its_hosts_qdisc(units: float) -> None:
+    """Without small queues a flow on a deep egress keeps its whole window there; with them at most
+    ``units`` GSO units (of at most 64 KiB each) and one segment more."""
+    from netsim.packet.tcp import GSO_MAX_BYTES
+
+    def most_queued(small_queue_units: float | None) -> int:
+        clock = Clock()
+        egress = _DeepEgress(clock)
+        connection = TcpConnection(clock, [egress], [TbfLink(clock, "back", 1e9, 1e9, 1e9, 20e-6)],
+                                   small_queue_units=small_queue_units)
+        done: list[float] = []
+        connection.send(4 << 20, lambda: done.append(clock.now), lambda: None)
+        clock.run(lambda: bool(done), horizon_s=60)
+        return egress.most
+
+    bound = units * GSO_MAX_BYTES + MSS + HEADER
+    assert most_queued(units) <= bound < most_queued(None)

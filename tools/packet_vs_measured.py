@@ -74,8 +74,14 @@ def _replay(job: tuple[Scenario, PacketParams, int | None]) -> PacketResult:
                   params=params)
 
 
-def _with_terms(params: PacketParams, us: tuple[int, ...]) -> PacketParams:
-    return replace(params, **{name: value * 1e-6 for name, value in zip(TERMS, us)})
+def _with_terms(params: PacketParams, us: dict[str, float]) -> PacketParams:
+    """``params`` with the software terms named in ``us`` (microseconds) set."""
+    return replace(params, **{name: value * 1e-6 for name, value in us.items()})
+
+
+def _measured(group: list[Scenario]) -> float:
+    """A case's measured time: the median of its repeats' p50s."""
+    return statistics.median(g.row.seconds.p50 for g in group)
 
 
 def _fit_software(pool: ProcessPoolExecutor, cases: list[tuple[Scenario, float]], start: PacketParams,
@@ -87,7 +93,7 @@ def _fit_software(pool: ProcessPoolExecutor, cases: list[tuple[Scenario, float]]
 
     def score(points: list[tuple[int, ...]]) -> None:
         todo = [p for p in dict.fromkeys(points) if p not in scores and min(p) >= 0]
-        jobs = [(s, _with_terms(start, p), iters) for p in todo for s, _ in cases]
+        jobs = [(s, _with_terms(start, dict(zip(TERMS, p))), iters) for p in todo for s, _ in cases]
         got = iter(pool.map(_replay, jobs, chunksize=2))
         for p in todo:
             scores[p] = statistics.fmean(abs(next(got).median_s / m - 1) for _, m in cases)
@@ -105,7 +111,7 @@ def _fit_software(pool: ProcessPoolExecutor, cases: list[tuple[Scenario, float]]
             best = moved
         else:
             step //= 2
-    return _with_terms(start, best), scores[best]
+    return _with_terms(start, dict(zip(TERMS, best))), scores[best]
 
 
 def _terms_text(params: PacketParams) -> str:
@@ -139,8 +145,7 @@ def main() -> None:
         parser.error("--fit-iters: at least 1")
     if args.small_queues is not None and args.small_queues <= 0:
         parser.error("--small-queues: more than 0 units")
-    params = replace(PacketParams(), small_queue_units=args.small_queues,
-                     **{name: value * 1e-6 for name, value in given.items()})
+    params = _with_terms(PacketParams(small_queue_units=args.small_queues), given)
     model = load_transport_model(args.model)
     limit = parse_size(args.max_size)
     cases: dict[tuple, list[Scenario]] = {}
@@ -153,8 +158,7 @@ def main() -> None:
     fit_error = None
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         if args.fit:
-            small = [(g[0], statistics.median(x.row.seconds.p50 for x in g)) for g in cases.values()
-                     if g[0].row.size_bytes <= 32 << 10]
+            small = [(g[0], _measured(g)) for g in cases.values() if g[0].row.size_bytes <= 32 << 10]
             if not small:
                 sys.exit("--fit needs cases up to 32 KiB")
             params, fit_error = _fit_software(pool, small, params, args.fit_iters)
@@ -165,7 +169,7 @@ def main() -> None:
             s = group[0]
             row, fluid = s.row, s.predict(model)
             repeats = [g.row.seconds.p50 for g in group]
-            measured = statistics.median(repeats)
+            measured = _measured(group)
             spread = max(abs(x / measured - 1) for x in repeats)
             packet_errors.append((row.size_bytes, got.median_s / measured - 1, spread))
             fluid_errors.append((row.size_bytes, fluid / measured - 1, spread))

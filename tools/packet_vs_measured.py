@@ -8,17 +8,18 @@ compared with the median of their p50s, and the largest distance of a repeat fro
 measurement's own spread. Prints each case and the error by size class (also counting a case as
 matched when its error is within its spread); writes JSON.
 
-The packet peer's three software terms (what split-TCP's Python event loop costs a rank on the measuring
-machine: per step it starts, per piece it sends, per piece or status it reads) are
-``netsim.packet.PacketParams``' defaults unless given (``--step-us``, ``--send-us``, ``--receive-us``).
-``--fit`` first fits them to the cases up to 32 KiB, where they dominate (least mean absolute relative
-error, by a pattern search on a 5 us lattice from the defaults; the fit replays ``--fit-iters``
-iterations of each case), and replays everything with the fitted terms: software speed differs between
-machines. ``--small-queues UNITS`` replays with Linux's host egress (local qdisc refusals, TCP small
+The packet peer's software terms (what split-TCP's Python event loop and the kernel's forwarding cost on
+the measuring machine: per step a rank starts, per piece or status it writes, per piece or status it
+reads, per message it sets up, and the latency of a hop) are ``netsim.packet.PacketParams``' defaults
+unless given (``--step-us``, ``--send-us``, ``--receive-us``, ``--message-us``, ``--hop-us``). ``--fit``
+first fits them to the cases up to 32 KiB, where they dominate (least mean absolute relative error, by a
+pattern search on a 5 us lattice from the defaults; the fit replays ``--fit-iters`` iterations of each
+case), and replays everything with the fitted terms: software speed differs between machines. ``--small-queues UNITS`` replays with Linux's host egress (local qdisc refusals, TCP small
 queues of UNITS GSO units; ``netsim.packet.tcp``) instead of a lossy one.
 
     python tools/packet_vs_measured.py ROWS.json [ROWS.json ...] [--model tcp] [--max-size 4M] [--jobs N]
-        [--step-us US --send-us US --receive-us US | --fit [--fit-iters N]] [--small-queues UNITS]
+        [--step-us US --send-us US --receive-us US --message-us US --hop-us US | --fit [--fit-iters N]]
+        [--small-queues UNITS]
         [--out bench-results/packet-vs-measured.json]
 """
 
@@ -65,7 +66,7 @@ def _case_key(s: Scenario) -> tuple:
             r.fabric.seed if r.fabric else 0, r.iters, r.warmup)
 
 
-TERMS = ("step_s", "send_s", "receive_s")
+TERMS = ("step_s", "send_s", "receive_s", "message_s", "hop_s")
 
 
 def _replay(job: tuple[Scenario, PacketParams, int | None]) -> PacketResult:
@@ -127,20 +128,22 @@ def main() -> None:
                         "sizes take seconds each)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="rows replayed in parallel")
     parser.add_argument("--step-us", type=float, help="software cost of a rank's step (default: PacketParams')")
-    parser.add_argument("--send-us", type=float, help="software cost of each piece a rank sends")
+    parser.add_argument("--send-us", type=float, help="software cost of each piece or status a rank writes")
     parser.add_argument("--receive-us", type=float, help="software cost of each piece or status a rank reads")
-    parser.add_argument("--fit", action="store_true", help="fit the three terms to the cases up to 32 KiB first")
+    parser.add_argument("--message-us", type=float, help="software cost of setting up each message of a step")
+    parser.add_argument("--hop-us", type=float, help="latency of a hop (the kernel's forwarding)")
+    parser.add_argument("--fit", action="store_true", help="fit these terms to the cases up to 32 KiB first")
     parser.add_argument("--fit-iters", type=int, default=5, help="iterations of each case the fit replays")
     parser.add_argument("--small-queues", type=float, help="Linux's host egress with TCP small queues of this "
                         "many GSO units per connection (default: a lossy host egress)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/packet-vs-measured.json"))
     args = parser.parse_args()
-    given = {name: value for name, value in zip(TERMS, (args.step_us, args.send_us, args.receive_us))
-             if value is not None}
+    given = {name: value for name, value in zip(TERMS, (args.step_us, args.send_us, args.receive_us,
+                                                        args.message_us, args.hop_us)) if value is not None}
     if args.fit and given:
-        parser.error("--fit finds --step-us, --send-us and --receive-us itself; give either --fit or the terms")
+        parser.error("--fit finds the terms (--step-us ... --hop-us) itself; give either --fit or the terms")
     if min(given.values(), default=0.0) < 0:
-        parser.error("--step-us, --send-us and --receive-us are costs: 0 or more microseconds")
+        parser.error("--step-us, --send-us, --receive-us, --message-us and --hop-us: 0 or more microseconds")
     if args.fit_iters < 1:
         parser.error("--fit-iters: at least 1")
     if args.small_queues is not None and args.small_queues <= 0:

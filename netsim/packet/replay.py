@@ -9,8 +9,10 @@ runs the steps in order, as split-TCP's ``exchange`` does: its step is done when
 is acknowledged by the receiver's status (a few bytes, sent once all k pieces arrived and the receiver
 has reached that step; earlier pieces wait in its socket buffer) and each message to it arrived. A rank
 is one event loop: its software work runs one task at a time, in the order it became due: starting a
-step costs ``step_s`` before the step begins, reading an arrived piece or status ``receive_s`` before
-it counts, and sending a piece ``send_s`` after its write (the piece leaves as the task begins). Ranks
+step costs ``step_s`` plus ``message_s`` for each message it sends or receives in that step before the
+step begins, reading an arrived piece or status ``receive_s`` before it counts, and writing a piece or
+a status ``send_s`` (the write goes out as the task begins; the cost is the kernel's work of the write,
+which on an emulated fabric includes forwarding it through the namespaces). Ranks
 start an iteration together (the measurement's barrier); ``warmup`` iterations run first; the result
 is every rank's time in every timed iteration, whose median is what ``netsim measure`` reports as p50.
 
@@ -42,13 +44,14 @@ class PacketParams:
     """Fabric and software parameters of a packet replay (defaults: ``netsim fabric up``'s)."""
 
     queue_s: float = 0.010
-    hop_s: float = 20e-6
-    # software costs of split-TCP's Python event loop (one per rank), fitted with
-    # ``tools/packet_vs_measured.py --fit`` to the 48 pinned 4-32 KiB rows of
-    # docs/data/netsim-emulated-rows.json, where they dominate (reads fitted to 0)
-    step_s: float = 65e-6  # starting a step
-    send_s: float = 60e-6  # sending one piece
+    # the latency of a hop and the software costs of split-TCP's Python event loop (one per rank), fitted
+    # with ``tools/packet_vs_measured.py --fit`` to the 48 pinned 4-32 KiB rows of
+    # docs/data/netsim-emulated-rows.json, where they dominate
+    hop_s: float = 15e-6
+    step_s: float = 80e-6  # starting a step
+    send_s: float = 40e-6  # writing one piece or status message
     receive_s: float = 0.0  # reading one arrived piece (hash, reassembly) or status message
+    message_s: float = 15e-6  # setting up each message a step sends or receives
     min_rto_s: float = MIN_RTO_S
     iteration_gap_s: float = 1e-3  # the barrier between iterations
     # None: a host's own egress drops like any queue; a number: Linux's local qdisc refusals and TCP small
@@ -165,16 +168,25 @@ def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int,
         busy_until[host] = start + cost
         clock.at(start if at_start else start + cost, task, *args)
 
+    def next_step(host: int, index: int) -> None:
+        """Queue ``host``'s step ``index``: its start-up and the set-up of each of its messages."""
+        flows = steps[index] if index < len(steps) else None
+        messages = 0 if flows is None else int(np.count_nonzero(flows.src == host) + np.count_nonzero(flows.dst == host))
+        on_loop(host, params.step_s + messages * params.message_s, start_step, host, index)
+
     def step_done(host: int) -> None:
         pending[host] -= 1
         if pending[host] == 0:
-            on_loop(host, params.step_s, start_step, host, at_step[host] + 1)
+            next_step(host, at_step[host] + 1)
 
-    def consume(message: _Message) -> None:
-        """The receiver has the whole message in its current step: answer, and count it."""
+    def answer(message: _Message) -> None:
         status_conn(message.src, message.dst, message.spines[0]).send(
             STATUS_BYTES, acked=_nothing, received=partial(on_loop, message.src, params.receive_s, step_done, message.src))
         step_done(message.dst)
+
+    def consume(message: _Message) -> None:
+        """The receiver has the whole message in its current step: write the status (a send), and count it."""
+        on_loop(message.dst, params.send_s, answer, message, at_start=True)
 
     def piece_received(message: _Message) -> None:
         message.arrived += 1
@@ -204,7 +216,7 @@ def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int,
         for message in waiting.pop((host, index), []):
             consume(message)
         if pending[host] == 0:
-            on_loop(host, params.step_s, start_step, host, index + 1)
+            next_step(host, index + 1)
 
     rank_s: list[tuple[float, ...]] = []
     horizon = 3600.0
@@ -213,7 +225,7 @@ def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int,
         finished.clear()
         for host in hosts:
             at_step[host] = -1
-            on_loop(host, params.step_s, start_step, host, 0)
+            next_step(host, 0)
         clock.run(lambda: len(finished) == len(hosts), horizon)
         if iteration >= warmup:
             rank_s.append(tuple(finished[h] - began for h in hosts))

@@ -177,22 +177,26 @@ def test_every_rank_finishes_its_own_steps_without_waiting_for_unrelated_ranks()
     assert result.rank_s[0][1] == pytest.approx(slow, rel=0.05)  # the receiver of the big flow
 
 
-@pytest.mark.parametrize(("step_s", "send_s", "receive_s"), [(3e-3, 0.0, 0.0), (0.0, 2e-3, 0.0), (0.0, 0.0, 1.5e-3),
-                                                             (1e-3, 1e-3, 1e-3)])
-def test_a_ranks_event_loop_charges_its_step_sends_and_reads_in_order(step_s, send_s, receive_s) -> None:
-    """Two ranks swap one byte: each starts its step, writes its piece (and is busy with it), reads the
-    peer's piece (then answers), reads the peer's status and starts the next step, one task at a
-    time. With costs of milliseconds the network's ~0.1 ms is within the tolerance."""
+@pytest.mark.parametrize(("step_s", "send_s", "receive_s", "message_s"),
+                         [(3e-3, 0.0, 0.0, 0.0), (0.0, 2e-3, 0.0, 0.0), (0.0, 0.0, 1.5e-3, 0.0), (0.0, 0.0, 0.0, 1e-3),
+                          (1e-3, 1e-3, 1e-3, 1e-3)])
+def test_a_ranks_event_loop_charges_its_step_messages_writes_and_reads_in_order(step_s, send_s, receive_s,
+                                                                                 message_s) -> None:
+    """Two ranks swap one byte: each starts its step and sets up its two messages, writes its piece (and
+    is busy with it), reads the peer's piece, writes its status (a write like the piece's), reads the
+    peer's status and starts the next step, one task at a time. With costs of milliseconds the network's
+    ~0.1 ms is within the tolerance."""
     topology = LeafSpine(2, 2, 1, 0.1)
     swap = FlowSet.build([0, 1], [1, 0], 1, [0, 1])
 
     def seconds(params: PacketParams) -> tuple[float, ...]:
         return replay(topology, [swap], {}, iters=2, warmup=1, params=params).rank_s[-1]
 
-    free = seconds(PacketParams(step_s=0.0, send_s=0.0, receive_s=0.0))
-    costly = seconds(PacketParams(step_s=step_s, send_s=send_s, receive_s=receive_s))
+    free = seconds(PacketParams(step_s=0.0, send_s=0.0, receive_s=0.0, message_s=0.0))
+    costly = seconds(PacketParams(step_s=step_s, send_s=send_s, receive_s=receive_s, message_s=message_s))
     for rank in (0, 1):
-        assert costly[rank] - free[rank] == pytest.approx(2 * step_s + send_s + 2 * receive_s, abs=2e-4)
+        expected = 2 * step_s + 2 * message_s + 2 * send_s + 2 * receive_s
+        assert costly[rank] - free[rank] == pytest.approx(expected, abs=2e-4)
 
 
 def test_with_small_queues_a_lone_flow_loses_nothing_at_its_own_egress() -> None:

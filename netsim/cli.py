@@ -151,6 +151,9 @@ def simulate_cmd(
         help="With --engine packet: replay each host's own egress as Linux runs it (a refused send stays "
              "unsent, CWR, the 200 ms probe timer; TCP small queues of this many GSO units per "
              "connection; 3 matches the kernel, docs/netsim.md). Default: a lossy egress.")] = None,
+    cpus: Annotated[int | None, typer.Option(
+        help="With --engine packet: the ranks' event loops share this many CPUs (a rank waits for a free "
+             "one). Default: a CPU per rank.")] = None,
 ) -> None:
     """Simulate one collective (or a traffic matrix); report CCT, nccl-tests' algbw/busbw, ideal bound."""
     try:
@@ -165,9 +168,7 @@ def simulate_cmd(
                 raise TrafficError(f"--engine packet replays one job, found --jobs {jobs}")
             if not queue_ms > 0:
                 raise TrafficError(f"--queue-ms must be > 0, found {queue_ms}")
-            if small_queues is not None and not small_queues > 0:
-                raise TrafficError(f"--small-queues must be > 0, found {small_queues}")
-            params = PacketParams(queue_s=queue_ms / 1e3, small_queue_units=small_queues)
+            params = PacketParams(queue_s=queue_ms / 1e3, small_queue_units=small_queues, cpus=cpus)
             run = simulate_packets(topology, job_list[0], path_policy, None if matrix else collective, size,
                                    ranks or topology.hosts, iters, warmup, params, seed)
     except NetsimError as exc:

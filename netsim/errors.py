@@ -17,3 +17,7 @@ class PolicyError(NetsimError, ValueError):
 
 class TrafficError(NetsimError, ValueError):
     """A collective, placement or traffic matrix is invalid."""
+
+
+class PacketParamsError(NetsimError, ValueError):
+    """A packet replay's fabric or software parameters are invalid."""

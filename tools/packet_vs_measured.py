@@ -14,12 +14,14 @@ reads, per message it sets up, and the latency of a hop) are ``netsim.packet.Pac
 unless given (``--step-us``, ``--send-us``, ``--receive-us``, ``--message-us``, ``--hop-us``). ``--fit``
 first fits them to the cases up to 32 KiB, where they dominate (least mean absolute relative error, by a
 pattern search on a 5 us lattice from the defaults; the fit replays ``--fit-iters`` iterations of each
-case), and replays everything with the fitted terms: software speed differs between machines. ``--small-queues UNITS`` replays with Linux's host egress (local qdisc refusals, TCP small
-queues of UNITS GSO units; ``netsim.packet.tcp``) instead of a lossy one.
+case), and replays everything with the fitted terms: software speed differs between machines.
+``--small-queues UNITS`` replays with Linux's host egress (local qdisc refusals, TCP small queues of
+UNITS GSO units; ``netsim.packet.tcp``) instead of a lossy one; ``--cpus N`` has the ranks' loops share
+N CPUs (``netsim.packet.event_loops``), e.g. to replay a measurement taken under ``taskset``.
 
     python tools/packet_vs_measured.py ROWS.json [ROWS.json ...] [--model tcp] [--max-size 4M] [--jobs N]
         [--step-us US --send-us US --receive-us US --message-us US --hop-us US | --fit [--fit-iters N]]
-        [--small-queues UNITS]
+        [--small-queues UNITS] [--cpus N]
         [--out bench-results/packet-vs-measured.json]
 """
 
@@ -37,6 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from netsim.errors import PacketParamsError
 from netsim.measure.cli import parse_size
 from netsim.measure_schema import load_report
 from netsim.packet import PacketParams, PacketResult, replay
@@ -136,19 +139,19 @@ def main() -> None:
     parser.add_argument("--fit-iters", type=int, default=5, help="iterations of each case the fit replays")
     parser.add_argument("--small-queues", type=float, help="Linux's host egress with TCP small queues of this "
                         "many GSO units per connection (default: a lossy host egress)")
+    parser.add_argument("--cpus", type=int, help="the CPUs the ranks' event loops share (default: one per rank)")
     parser.add_argument("--out", type=Path, default=Path("bench-results/packet-vs-measured.json"))
     args = parser.parse_args()
     given = {name: value for name, value in zip(TERMS, (args.step_us, args.send_us, args.receive_us,
                                                         args.message_us, args.hop_us)) if value is not None}
     if args.fit and given:
         parser.error("--fit finds the terms (--step-us ... --hop-us) itself; give either --fit or the terms")
-    if min(given.values(), default=0.0) < 0:
-        parser.error("--step-us, --send-us, --receive-us, --message-us and --hop-us: 0 or more microseconds")
     if args.fit_iters < 1:
         parser.error("--fit-iters: at least 1")
-    if args.small_queues is not None and args.small_queues <= 0:
-        parser.error("--small-queues: more than 0 units")
-    params = _with_terms(PacketParams(small_queue_units=args.small_queues), given)
+    try:
+        params = _with_terms(PacketParams(small_queue_units=args.small_queues, cpus=args.cpus), given)
+    except PacketParamsError as exc:
+        parser.error(str(exc))
     model = load_transport_model(args.model)
     limit = parse_size(args.max_size)
     cases: dict[tuple, list[Scenario]] = {}

@@ -12,9 +12,10 @@ is one event loop: its software work runs one task at a time, in the order it be
 step costs ``step_s`` plus ``message_s`` for each message it sends or receives in that step before the
 step begins, reading an arrived piece or status ``receive_s`` before it counts, and writing a piece or
 a status ``send_s`` (the write goes out as the task begins; the cost is the kernel's work of the write,
-which on an emulated fabric includes forwarding it through the namespaces). Ranks
-start an iteration together (the measurement's barrier); ``warmup`` iterations run first; the result
-is every rank's time in every timed iteration, whose median is what ``netsim measure`` reports as p50.
+which on an emulated fabric includes forwarding it through the namespaces); with ``cpus`` the loops
+share that many CPUs (:mod:`netsim.packet.event_loops`). Ranks start an iteration together (the
+measurement's barrier); ``warmup`` iterations run first; the result is every rank's time in every timed
+iteration, whose median is what ``netsim measure`` reports as p50.
 
 This is the packet-level peer of the fluid engine: it has the losses, timeouts, slow start and queueing
 the fluid model leaves out, at the cost of one Python event per packet and hop (a 4 MiB ring
@@ -23,12 +24,14 @@ all-reduce on 8 hosts takes seconds).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 
+from netsim.errors import PacketParamsError
+from netsim.packet.event_loops import EventLoops
 from netsim.packet.links import Clock, TbfLink
 from netsim.packet.tcp import MIN_RTO_S, TcpConnection
 from netsim.policies import Ecmp
@@ -57,6 +60,19 @@ class PacketParams:
     # None: a host's own egress drops like any queue; a number: Linux's local qdisc refusals and TCP small
     # queues of that many GSO units per connection (see netsim.packet.tcp)
     small_queue_units: float | None = None
+    cpus: int | None = None  # the CPUs the ranks' loops share (None: one per rank; see netsim.packet.event_loops)
+
+    def __post_init__(self) -> None:
+        for name in ("queue_s", "min_rto_s"):
+            if not getattr(self, name) > 0:
+                raise PacketParamsError(f"{name} must be > 0 s, found {getattr(self, name)}")
+        for name in ("hop_s", "step_s", "send_s", "receive_s", "message_s", "iteration_gap_s"):
+            if not getattr(self, name) >= 0:
+                raise PacketParamsError(f"{name} is a time: 0 s or more, found {getattr(self, name)}")
+        if self.small_queue_units is not None and not self.small_queue_units > 0:
+            raise PacketParamsError(f"small queues (--small-queues) must be > 0 GSO units, found {self.small_queue_units}")
+        if self.cpus is not None and not (isinstance(self.cpus, int) and self.cpus >= 1):
+            raise PacketParamsError(f"cpus (--cpus) must be a whole number >= 1, found {self.cpus}")
 
 
 class PacketFabric:
@@ -159,14 +175,7 @@ def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int,
     pending: dict[int, int] = {}  # messages of its current step a host still waits for
     waiting: dict[tuple[int, int], list[_Message]] = {}  # (host, step): messages arrived before it got there
     finished: dict[int, float] = {}
-    busy_until: dict[int, float] = {}  # when each rank's event loop has done the tasks queued so far
-
-    def on_loop(host: int, cost: float, task: Callable[..., None], *args: object, at_start: bool = False) -> None:
-        """Queue ``task`` on ``host``'s event loop, which is then busy for ``cost``: the task takes effect
-        when that time is over, or as it begins (``at_start``: a send, whose write goes out first)."""
-        start = max(clock.now, busy_until.get(host, 0.0))
-        busy_until[host] = start + cost
-        clock.at(start if at_start else start + cost, task, *args)
+    on_loop = EventLoops(clock, params.cpus).run  # each rank's software work, on the machine's CPUs
 
     def next_step(host: int, index: int) -> None:
         """Queue ``host``'s step ``index``: its start-up and the set-up of each of its messages."""

@@ -100,9 +100,10 @@ def test_packet_vs_measured_software_terms_move_the_packet_time(tmp_path: Path) 
 
 @pytest.mark.parametrize(("tool", "args", "message"), [
     ("packet_vs_measured", ["rows.json", "--fit", "--step-us", "10"], "give either --fit or the terms"),
-    ("packet_vs_measured", ["rows.json", "--send-us", "-1"], "0 or more microseconds"),
+    ("packet_vs_measured", ["rows.json", "--send-us", "-1"], "send_s is a time: 0 s or more"),
     ("packet_vs_measured", ["rows.json", "--fit", "--fit-iters", "0"], "--fit-iters: at least 1"),
-    ("packet_vs_measured", ["rows.json", "--small-queues", "0"], "--small-queues: more than 0 units"),
+    ("packet_vs_measured", ["rows.json", "--small-queues", "0"], "small queues (--small-queues) must be > 0"),
+    ("packet_vs_measured", ["rows.json", "--cpus", "0"], "cpus (--cpus) must be a whole number >= 1"),
     ("netsim_emulated", ["--placements", "A,Z"], "--placements: unknown ['Z']"),
     ("netsim_emulated", ["--policies", "spray"], "--policies: unknown ['spray']"),
 ])

@@ -79,7 +79,8 @@ def test_linux_host_egress_stalls_the_incast_all_to_all_on_the_probe_timer_not_o
     (["--planes", "2"], "one plane"),
     (["--iters", "0"], "--iters must be >= 1"),
     (["--queue-ms", "0"], "--queue-ms must be > 0"),
-    (["--small-queues", "0"], "--small-queues must be > 0"),
+    (["--small-queues", "0"], "small queues (--small-queues) must be > 0"),
+    (["--cpus", "0"], "cpus (--cpus) must be a whole number >= 1"),
 ])
 def test_packet_engine_refuses_what_it_cannot_replay(args: list[str], message: str) -> None:
     result = runner.invoke(app, ["simulate", *SMALL, "--engine", "packet", "--size", "1e5", *args])

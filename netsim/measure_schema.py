@@ -114,6 +114,8 @@ class MeasuredRow:
     for other backends: they choose their own connections). ``paths`` is split-tcp's path plan when known:
     ``{"SRC->DST": [spine or None, ...]}`` in rank ids, one entry per subflow (None: left to ECMP hashing),
     as ``netsim.transport.paths.PathPlan.to_dict()["paths"]`` gives it with ports dropped.
+    ``rank_seconds[r][i]`` is rank ``r``'s time in timed iteration ``i``: the samples the quantiles
+    summarize (absent in reports written before it was added).
     """
 
     backend: str
@@ -131,6 +133,7 @@ class MeasuredRow:
     splits: int | None = None
     fabric: FabricSummary | None = None
     paths: dict[str, tuple[int | None, ...]] | None = None
+    rank_seconds: tuple[tuple[float, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         where = f"row {self.backend}/{self.collective}/{self.size_bytes}"
@@ -153,6 +156,11 @@ class MeasuredRow:
         if self.fabric is not None and len(self.fabric.rank_hosts) != self.ranks:
             raise MeasureSchemaError(f"{where}: fabric.rank_hosts has {len(self.fabric.rank_hosts)} hosts for "
                                      f"{self.ranks} ranks")
+        if self.rank_seconds is not None and (
+                len(self.rank_seconds) != self.ranks
+                or any(len(times) != self.iters or not all(t > 0 for t in times) for times in self.rank_seconds)):
+            raise MeasureSchemaError(f"{where}: rank_seconds must hold {self.iters} positive times for each of "
+                                     f"{self.ranks} ranks")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values."""
@@ -161,6 +169,8 @@ class MeasuredRow:
             out["fabric"]["rank_hosts"] = list(self.fabric.rank_hosts)
         if self.paths is not None:
             out["paths"] = {key: list(spines) for key, spines in self.paths.items()}
+        if self.rank_seconds is not None:
+            out["rank_seconds"] = [list(times) for times in self.rank_seconds]
         return out
 
     @staticmethod
@@ -172,6 +182,11 @@ class MeasuredRow:
         splits, policy, paths = data.get("splits"), data.get("policy"), data.get("paths")
         if paths is not None and not (isinstance(paths, dict) and all(isinstance(v, list) for v in paths.values())):
             raise MeasureSchemaError(f"{where}: paths must map 'SRC->DST' to lists of spines, found {paths!r}")
+        rank_seconds = data.get("rank_seconds")
+        if rank_seconds is not None and not (
+                isinstance(rank_seconds, list) and all(isinstance(times, list) and all(
+                    isinstance(t, (int, float)) and not isinstance(t, bool) for t in times) for times in rank_seconds)):
+            raise MeasureSchemaError(f"{where}: rank_seconds must be a list of lists of seconds, one per rank")
         return MeasuredRow(
             backend=_need(data, "backend", str, where), collective=_need(data, "collective", str, where),
             ranks=_need(data, "ranks", int, where), size_bytes=_need(data, "size_bytes", int, where),
@@ -184,7 +199,8 @@ class MeasuredRow:
             splits=None if splits is None else _need(data, "splits", int, where),
             fabric=None if fabric is None else FabricSummary.from_dict(
                 _need(data, "fabric", dict, where), f"{where}.fabric"),
-            paths=None if paths is None else {k: tuple(v) for k, v in paths.items()})
+            paths=None if paths is None else {k: tuple(v) for k, v in paths.items()},
+            rank_seconds=None if rank_seconds is None else tuple(tuple(map(float, t)) for t in rank_seconds))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,9 @@ reads, per message it sets up, and the latency of a hop) are ``netsim.packet.Pac
 unless given (``--step-us``, ``--send-us``, ``--receive-us``, ``--message-us``, ``--hop-us``). ``--fit``
 first fits them to the cases up to 32 KiB, where they dominate (least mean absolute relative error, by a
 pattern search on a 5 us lattice from the defaults; the fit replays ``--fit-iters`` iterations of each
-case), and replays everything with the fitted terms: software speed differs between machines.
+case), and replays everything with the fitted terms: software speed differs between machines. Rows
+that carry their samples (``rank_seconds``) also compare the fraction of rank-iterations that stalled
+(took more than twice the fastest measured one), measured and replayed.
 ``--small-queues UNITS`` replays with Linux's host egress (local qdisc refusals, TCP small queues of
 UNITS GSO units; ``netsim.packet.tcp``) instead of a lossy one; ``--cpus N`` has the ranks' loops share
 N CPUs (``netsim.packet.event_loops``), e.g. to replay a measurement taken under ``taskset``.
@@ -86,6 +88,17 @@ def _with_terms(params: PacketParams, us: dict[str, float]) -> PacketParams:
 def _measured(group: list[Scenario]) -> float:
     """A case's measured time: the median of its repeats' p50s."""
     return statistics.median(g.row.seconds.p50 for g in group)
+
+
+def _stalled(group: list[Scenario], got: PacketResult) -> tuple[float, float] | None:
+    """The fraction of rank-iterations that took more than twice the fastest measured one, measured (all
+    repeats) and replayed; None when the rows do not carry their samples (``rank_seconds``)."""
+    if any(g.row.rank_seconds is None for g in group):
+        return None
+    measured = [t for g in group for times in g.row.rank_seconds or () for t in times]
+    bar = 2 * min(measured)
+    return (sum(t > bar for t in measured) / len(measured),
+            sum(t > bar for t in got.samples_s) / len(got.samples_s))
 
 
 def _fit_software(pool: ProcessPoolExecutor, cases: list[tuple[Scenario, float]], start: PacketParams,
@@ -186,11 +199,16 @@ def main() -> None:
                             "packet_iterations_s": list(got.iteration_s), "packet_rank_s": [list(r) for r in got.rank_s],
                             "fluid_s": fluid, "drops": got.drops, "timeouts": got.timeouts,
                             "retransmits": got.retransmits, "probes": got.probes})
+            stalls = _stalled(group, got)
+            if stalls is not None:
+                results[-1].update(stalled_measured=stalls[0], stalled_packet=stalls[1])
             print(f"{row.collective:9s} {row.policy:11s} k={row.splits} hosts={','.join(map(str, row.fabric.rank_hosts))} "
                   f"{row.size_bytes >> 10:5d} KiB: measured {measured * 1e3:8.1f} ms (x{len(repeats)}, "
                   f"spread {100 * spread:3.0f}%), packet {got.median_s * 1e3:8.1f} "
                   f"({100 * packet_errors[-1][1]:+4.0f}%, {got.timeouts} RTOs), fluid {fluid * 1e3:8.1f} "
-                  f"({100 * fluid_errors[-1][1]:+4.0f}%)", flush=True)
+                  f"({100 * fluid_errors[-1][1]:+4.0f}%)"
+                  + ("" if stalls is None else f"; stalled {100 * stalls[0]:.0f}% measured, {100 * stalls[1]:.0f}% packet"),
+                  flush=True)
     doc = {"rows_files": [str(p) for p in args.rows], "fluid_model": model.source,
            "software_terms": {**{name.replace("_s", "_us"): round(getattr(params, name) * 1e6, 3) for name in TERMS},
                               "fitted": args.fit, "fit_iters": args.fit_iters if args.fit else None,

@@ -58,7 +58,8 @@ def summarize(
     split = config.backend is BackendName.split_tcp
     rows = []
     for size in config.effective_sizes():
-        samples = np.array([t for r in results for t in r["times"][str(size)]], dtype=np.float64)
+        by_rank = [r["times"][str(size)] for r in sorted(results, key=lambda r: r["rank"])]
+        samples = np.array([t for times in by_rank for t in times], dtype=np.float64)
         q = np.quantile(samples, [0.5, 0.95, 0.99])
         seconds = SecondsStats(
             float(q[0]), float(q[1]), float(q[2]), float(samples.min()), float(samples.max())
@@ -80,6 +81,7 @@ def summarize(
                 config.policy.value if split else None,
                 results[0].get("splits") or config.splits if split else None,
                 summary,
+                rank_seconds=tuple(tuple(float(t) for t in times) for times in by_rank),
             )
         )
     meta: dict[str, Any] = {"host": platform.node(), "loopback": fabric is None}

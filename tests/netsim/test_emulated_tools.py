@@ -123,3 +123,19 @@ def test_packet_vs_measured_fit_recovers_a_time_the_peer_can_reach(tmp_path: Pat
     assert doc["software_terms"]["fit_mean_abs_error"] < 0.01
     assert doc["rows"][0]["packet_s"] == pytest.approx(made, rel=0.01)
     assert all(doc["software_terms"][t] % 5 == 0 for t in ("step_us", "send_us", "receive_us"))
+
+
+def test_packet_vs_measured_compares_the_stalled_fraction_when_rows_carry_their_samples(tmp_path: Path) -> None:
+    path = _rows(tmp_path, [1e-3, 1e-3])
+    data = json.loads(path.read_text())
+    assert "stalled_measured" not in _compare(path, tmp_path / "none.json")["rows"][0]  # no samples, no figure
+    # 8 ranks x 3 iterations in each of two repeats: 12 of the 48 samples took 5x the fastest
+    for repeat, row in enumerate(data["rows"]):
+        row["rank_seconds"] = [[5e-3 if (repeat == 0 and r < 4) else 1e-3 + 1e-5 * i for i in range(3)]
+                               for r in range(8)]
+        row["seconds"] = {"p50": 1.01e-3, "p95": 5e-3, "p99": 5e-3, "min": 1e-3, "max": 5e-3}
+    path.write_text(json.dumps(data))
+    [case] = _compare(path, tmp_path / "samples.json")["rows"]
+    assert case["stalled_measured"] == pytest.approx(12 / 48)
+    samples = [t for ranks in case["packet_rank_s"] for t in ranks]
+    assert case["stalled_packet"] == pytest.approx(sum(t > 2e-3 for t in samples) / len(samples))

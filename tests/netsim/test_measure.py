@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from netsim.cli import app, main
@@ -64,9 +65,10 @@ def test_summary_uses_nccl_tests_definitions(collective: CollectiveName, factor:
     config = MeasureConfig(BackendName.gloo, collective, 4, (1 << 20,), iters=2)
     size = config.effective_sizes()[0]
     times = [[0.010, 0.012], [0.011, 0.013], [0.010, 0.020], [0.014, 0.011]]
-    results = [{"times": {str(size): t}} for t in times]
+    results = [{"rank": rank, "times": {str(size): t}} for rank, t in reversed(list(enumerate(times)))]
     row = summarize(config, results, None).rows[0]
     assert row.seconds.p50 == pytest.approx(0.0115) and row.seconds.min == 0.010 and row.seconds.max == 0.020
+    assert row.rank_seconds == tuple(map(tuple, times))  # every sample, by rank
     assert row.algbw == pytest.approx(size / 0.0115)
     assert row.busbw == pytest.approx(size / 0.0115 * factor)
     assert row.count == size // 4 and row.dtype == "float"
@@ -121,6 +123,11 @@ def test_split_tcp_json_follows_the_measure_schema() -> None:
     report = MeasureReport.from_dict(json.loads(out.stdout))
     assert [r.size_bytes for r in report.rows] == [3072, 98304]
     assert all(r.splits == 2 and r.policy == "minimal" and r.seconds.min > 0 for r in report.rows)
+    for row in report.rows:  # the samples the quantiles summarize: 3 ranks x 3 iterations
+        assert row.rank_seconds is not None and [len(t) for t in row.rank_seconds] == [3, 3, 3]
+        samples = [t for times in row.rank_seconds for t in times]
+        assert (min(samples), max(samples)) == (row.seconds.min, row.seconds.max)
+        assert row.seconds.p50 == pytest.approx(float(np.median(samples)))
     subflows = report.meta["subflows_rank0_last_size"]
     assert {s["subflow"] for s in subflows} == {0, 1} and {s["direction"] for s in subflows} == {
         "send",

@@ -21,11 +21,13 @@ BASE = MeasuredRow(backend="split-tcp", collective="allreduce", ranks=4, size_by
                    dtype="float32", seconds=SecondsStats(0.1, 0.12, 0.13, 0.09, 0.14), algbw=1e7, busbw=1.5e7,
                    iters=5, warmup=1, policy="split", splits=2,
                    fabric=FabricSummary("ls", 2, 2, 2, 100.0, 100.0, (0, 2, 1, 3), seed=3),
-                   paths={"0->1": (0, 1), "1->2": (None,)})
+                   paths={"0->1": (0, 1), "1->2": (None,)},
+                   rank_seconds=tuple(tuple(0.09 + 0.01 * (r + i) for i in range(5)) for r in range(4)))
 
 
 def test_report_round_trips_through_a_json_file(tmp_path: Path) -> None:
-    report = MeasureReport((BASE, replace(BASE, backend="gloo", policy=None, splits=None, fabric=None)), meta={"host": "x"})
+    report = MeasureReport((BASE, replace(BASE, backend="gloo", policy=None, splits=None, fabric=None,
+                                          rank_seconds=None)), meta={"host": "x"})
     path = tmp_path / "m.json"
     path.write_text(json.dumps(report.to_dict()))
     assert load_report(path) == report
@@ -42,6 +44,11 @@ def test_report_round_trips_through_a_json_file(tmp_path: Path) -> None:
     (lambda d: d["rows"][0].update(size_bytes="1M"), "'size_bytes' must be int"),
     (lambda d: d["rows"][0]["paths"].update({"0->9": [0]}), r"paths entry '0->9'"),
     (lambda d: d["rows"][0].update(paths=[1, 2]), "paths must map"),
+    (lambda d: d["rows"][0]["rank_seconds"].pop(), "rank_seconds must hold 5 positive times for each of 4"),
+    (lambda d: d["rows"][0]["rank_seconds"][1].append(0.1), "rank_seconds must hold 5 positive times"),
+    (lambda d: d["rows"][0]["rank_seconds"][0].__setitem__(2, -1.0), "rank_seconds must hold 5 positive times"),
+    (lambda d: d["rows"][0].update(rank_seconds=[[0.1] * 5, "x", [0.1] * 5, [0.1] * 5]),
+     "rank_seconds must be a list of lists of seconds"),
 ])
 def test_malformed_reports_name_the_problem(tmp_path: Path, mutate, message: str) -> None:
     data = MeasureReport((BASE,)).to_dict()

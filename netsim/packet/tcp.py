@@ -1,11 +1,13 @@
 """A TCP connection as the packet simulator runs it: one direction's data, the other direction's ACKs.
 
-Enough of Linux TCP for collectives on a shaped fabric: MSS 1448 (1500 IP bytes a full segment),
-initial window 10, slow start with CUBIC's HyStart (slow start ends when a round's ACK train lasts
-longer than half of (min RTT + 1 ms), or when a round's least RTT exceeds the min RTT by
-clamp(min RTT / 8, 4 ms, 16 ms)), congestion avoidance (CUBIC's multiplicative decrease 0.7; Reno growth,
-which CUBIC matches at these small windows), an ACK per segment carrying SACK blocks (split-TCP re-arms
-TCP_QUICKACK), and Linux's loss recovery: a segment is lost when 3 segments above it were SACKed or, as
+Enough of Linux TCP for collectives on a shaped fabric: MSS 1448 (1514 bytes a full segment as a veth's
+tbf counts it: 1500 IP bytes and the Ethernet header), initial window 10, slow start with CUBIC's
+HyStart (slow start ends when a round's ACK train lasts longer than half of (min RTT + 1 ms), or when a
+round's least RTT exceeds the min RTT by clamp(min RTT / 8, 4 ms, 16 ms)), congestion avoidance (CUBIC's
+multiplicative decrease 0.7 and, at these small windows and RTTs, its TCP-friendly growth of
+3 (1 - 0.7) / (1 + 0.7) = 0.53 segments an RTT), a window that grows only while it limits the sender
+(tcp_cwnd_validate: not while TCP small queues or the application hold it back), an ACK per segment
+carrying SACK blocks (split-TCP re-arms TCP_QUICKACK), and Linux's loss recovery: a segment is lost when 3 segments above it were SACKed or, as
 RACK does, when a segment sent after it was delivered more than a reorder window later (a quarter of the
 min RTT; none in recovery or once 3 segments are SACKed); lost segments are retransmitted while the bytes
 in flight stay under the window. RACK's timer for segments not yet overdue fires 2 ms late. A tail
@@ -37,7 +39,7 @@ from enum import Enum
 from netsim.packet.links import Clock, Packet, TbfLink
 
 MSS = 1448
-HEADER = 52  # IPv4 20 + TCP 20 + timestamps 12
+HEADER = 66  # IPv4 20 + TCP 20 + timestamps 12 + Ethernet 14: what a veth's tbf counts per segment
 TSQ_SHIFT_S = 2.0 ** -10  # sk_pacing_shift 10: about 1 ms of the pacing rate
 TSQ_MAX_BYTES = 1 << 20  # tcp_limit_output_bytes
 GSO_MAX_BYTES = 1 << 16
@@ -45,6 +47,7 @@ INITIAL_WINDOW = 10
 MIN_RTO_S = 0.2
 DUP_THRESHOLD = 3
 CUBIC_BETA = 0.7
+CUBIC_FRIENDLY_GROWTH = 3 * (1 - CUBIC_BETA) / (1 + CUBIC_BETA)  # segments an RTT in CUBIC's TCP-friendly region
 PROBE_SLACK_S = 0.002  # TCP_TIMEOUT_MIN_US added to a tail loss probe's 2 srtt
 REORDER_TIMER_SLACK_S = 0.002  # and to RACK's reorder timer
 HYSTART_LOW_WINDOW = 16
@@ -104,6 +107,10 @@ class TcpConnection:
         self.queued_locally = 0  # bytes of this connection in the sender's egress queue
         self.tsq_throttled = False
         self.probe0_generation = 0
+        # tcp_cwnd_validate: the window grows only while it limits the sender (not TSQ, not the app)
+        self.is_cwnd_limited = False
+        self.max_packets_out = 0
+        self.cwnd_usage_seq = 0
         self.timeouts = self.retransmits = self.probes = self.refusals = 0
 
     # -- the application ---------------------------------------------------------------------------
@@ -151,12 +158,25 @@ class TcpConnection:
                 break
             flight += seg.length
             sent_new = True
+        self._validate_cwnd(flight >= window)
         if (sent_new and was_idle) or restart_rto:
             self._set_xmit_timer(restart_rto=True)
         elif sent_new and self._probe_allowed():
             self._set_xmit_timer(restart_rto=False)
         if refused:
             self._refused()
+
+    def _validate_cwnd(self, limited: bool) -> None:
+        """Latch, for a window of data, whether the window limited what was sent (tcp_cwnd_validate)."""
+        packets_out = len(self.segments)
+        if (self.snd_una >= self.cwnd_usage_seq or limited
+                or (not self.is_cwnd_limited and packets_out > self.max_packets_out)):
+            self.is_cwnd_limited, self.max_packets_out, self.cwnd_usage_seq = limited, packets_out, self.snd_nxt
+
+    def _cwnd_limited(self) -> bool:
+        """Whether an ACK may grow the window (tcp_is_cwnd_limited): it limited the sender in the last
+        window, or in slow start it is under twice the most segments out then."""
+        return self.is_cwnd_limited or (self.cwnd < self.ssthresh and self.cwnd < 2 * self.max_packets_out)
 
     def _small_queue_full(self) -> bool:
         """TCP small queues: hold back while enough of this connection waits in the egress queue."""
@@ -253,12 +273,14 @@ class TcpConnection:
             elif self.state is not _State.RECOVERY:
                 if self.state is _State.LOSS and ack >= self.recover:
                     self.state = _State.OPEN
-                if self.cwnd < self.ssthresh:
+                if not self._cwnd_limited():
+                    pass  # the window did not limit the sender lately: it does not grow
+                elif self.cwnd < self.ssthresh:
                     self.cwnd = min(self.cwnd + newly / MSS, max(self.ssthresh, self.cwnd))
                     if not self.hystart_found:
                         self._hystart(rtt)
                 else:
-                    self.cwnd += newly / MSS / self.cwnd
+                    self.cwnd += CUBIC_FRIENDLY_GROWTH * newly / MSS / self.cwnd
         for start, end in sacks:
             for seq, seg in self.segments.items():
                 if not seg.sacked and start <= seq and seq + seg.length <= end:

@@ -51,7 +51,7 @@ class PacketParams:
     # with ``tools/packet_vs_measured.py --fit`` to the 48 pinned 4-32 KiB rows of
     # docs/data/netsim-emulated-rows.json, where they dominate
     hop_s: float = 15e-6
-    step_s: float = 80e-6  # starting a step
+    step_s: float = 85e-6  # starting a step
     send_s: float = 40e-6  # writing one piece or status message
     receive_s: float = 0.0  # reading one arrived piece (hash, reassembly) or status message
     message_s: float = 15e-6  # setting up each message a step sends or receives

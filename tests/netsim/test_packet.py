@@ -69,13 +69,13 @@ def test_three_flows_into_one_port_recover_their_losses_at_the_port_rate() -> No
 def test_many_subflows_into_one_port_end_in_incast_timeouts() -> None:
     """48 subflows into one 2 ms queue: more packets than the queue holds even at a window of one, so
     some flows lose their tails and wait out the 200 ms minimum RTO, as Linux does (the measured
-    all-to-all with 28 subflows per port shows it)."""
+    all-to-all with 28 subflows per port shows it; not in every iteration, as there)."""
     size = 1 << 20
     result = _one_way(size, queue_s=0.002, senders=(0, 1, 3), k=16)
     receiver = [ranks[2] for ranks in result.rank_s]
     bound = 3 * size / GOODPUT
     assert result.drops > 100 and result.timeouts > 0
-    assert all(bound + MIN_RTO_S < t < bound + 4 * MIN_RTO_S for t in receiver)
+    assert bound + MIN_RTO_S < max(receiver) and all(bound < t < bound + 4 * MIN_RTO_S for t in receiver)
 
 
 def test_ring_allreduce_on_a_leaf_spine_matches_the_rate_bound() -> None:

@@ -7,10 +7,10 @@ round's least RTT exceeds the min RTT by clamp(min RTT / 8, 4 ms, 16 ms)), conge
 multiplicative decrease 0.7 and, at these small windows and RTTs, its TCP-friendly growth of
 3 (1 - 0.7) / (1 + 0.7) = 0.53 segments an RTT), a window that grows only while it limits the sender
 (tcp_cwnd_validate: not while TCP small queues or the application hold it back), an ACK per segment
-carrying SACK blocks (split-TCP re-arms TCP_QUICKACK), and Linux's loss recovery: a segment is lost when 3 segments above it were SACKed or, as
-RACK does, when a segment sent after it was delivered more than a reorder window later (a quarter of the
-min RTT; none in recovery or once 3 segments are SACKed); lost segments are retransmitted while the bytes
-in flight stay under the window. RACK's timer for segments not yet overdue fires 2 ms late. A tail
+carrying SACK blocks (split-TCP re-arms TCP_QUICKACK), and Linux's loss recovery: a segment is lost
+when 3 segments above it were SACKed or, as RACK does, when a segment sent after it was delivered more
+than a reorder window later (a quarter of the min RTT; none in recovery or once 3 segments are SACKed);
+lost segments are retransmitted while the bytes in flight stay under the window. RACK's timer for segments not yet overdue fires 2 ms late. A tail
 loss probe (only outside recovery, one at a time) fires 2 srtt + 2 ms after the last send or ACK
 (2 srtt + 200 ms when one segment is out, to allow for a delayed ACK; never after the RTO) and sends new
 data or resends the last segment. The retransmission timer runs from the last cumulative ACK (or the first send

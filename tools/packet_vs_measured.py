@@ -77,7 +77,7 @@ TERMS = ("step_s", "send_s", "receive_s", "message_s", "hop_s")
 def _replay(job: tuple[Scenario, PacketParams, int | None]) -> PacketResult:
     s, params, iters = job
     return replay(s.topology, s.job.steps, s.policy.paths, iters=iters or s.row.iters, warmup=s.row.warmup,
-                  params=params)
+                  params=params, rank_hosts=s.row.fabric.rank_hosts if s.row.fabric else None)
 
 
 def _with_terms(params: PacketParams, us: dict[str, float]) -> PacketParams:

@@ -13,9 +13,11 @@ step costs ``step_s`` plus ``message_s`` for each message it sends or receives i
 step begins, reading an arrived piece or status ``receive_s`` before it counts, and writing a piece or
 a status ``send_s`` (the write goes out as the task begins; the cost is the kernel's work of the write,
 which on an emulated fabric includes forwarding it through the namespaces); with ``cpus`` the loops
-share that many CPUs (:mod:`netsim.packet.event_loops`). Ranks start an iteration together (the
-measurement's barrier); ``warmup`` iterations run first; the result is every rank's time in every timed
-iteration, whose median is what ``netsim measure`` reports as p50.
+share that many CPUs (:mod:`netsim.packet.event_loops`). ``warmup`` iterations run first, then every
+timed iteration after the measurement's barrier (split-TCP's ring all-gather of a byte a rank: ranks
+leave it at different times, and the links rest meanwhile); the result is every rank's time in every
+timed iteration, from the end of its barrier to the end of its last step, whose median is what
+``netsim measure`` reports as p50.
 
 This is the packet-level peer of the fluid engine: it has the losses, timeouts, slow start and queueing
 the fluid model leaves out, at the cost of one Python event per packet and hop (a 4 MiB ring
@@ -51,12 +53,11 @@ class PacketParams:
     # with ``tools/packet_vs_measured.py --fit`` to the 48 pinned 4-32 KiB rows of
     # docs/data/netsim-emulated-rows.json, where they dominate
     hop_s: float = 15e-6
-    step_s: float = 85e-6  # starting a step
-    send_s: float = 40e-6  # writing one piece or status message
+    step_s: float = 95e-6  # starting a step
+    send_s: float = 50e-6  # writing one piece or status message
     receive_s: float = 0.0  # reading one arrived piece (hash, reassembly) or status message
-    message_s: float = 15e-6  # setting up each message a step sends or receives
+    message_s: float = 5e-6  # setting up each message a step sends or receives
     min_rto_s: float = MIN_RTO_S
-    iteration_gap_s: float = 1e-3  # the barrier between iterations
     # None: a host's own egress drops like any queue; a number: Linux's local qdisc refusals and TCP small
     # queues of that many GSO units per connection (see netsim.packet.tcp)
     small_queue_units: float | None = None
@@ -66,7 +67,7 @@ class PacketParams:
         for name in ("queue_s", "min_rto_s"):
             if not getattr(self, name) > 0:
                 raise PacketParamsError(f"{name} must be > 0 s, found {getattr(self, name)}")
-        for name in ("hop_s", "step_s", "send_s", "receive_s", "message_s", "iteration_gap_s"):
+        for name in ("hop_s", "step_s", "send_s", "receive_s", "message_s"):
             if not getattr(self, name) >= 0:
                 raise PacketParamsError(f"{name} is a time: 0 s or more, found {getattr(self, name)}")
         if self.small_queue_units is not None and not self.small_queue_units > 0:
@@ -140,8 +141,12 @@ class _Message:
 
 
 def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int, int], tuple[int | None, ...]],
-           iters: int = 3, warmup: int = 1, params: PacketParams = PacketParams(), seed: int = 0) -> PacketResult:
-    """Run the collective's ``steps`` (flows between hosts) ``warmup + iters`` times, packet by packet.
+           iters: int = 3, warmup: int = 1, params: PacketParams = PacketParams(), seed: int = 0,
+           rank_hosts: Sequence[int] | None = None) -> PacketResult:
+    """Run the collective's ``steps`` (flows between hosts) ``warmup`` times, then ``iters`` times each after
+    the measurement's barrier (split-TCP's ring all-gather of one byte a rank, over ``rank_hosts``: the
+    ranks' hosts in rank order; default, the hosts in order), packet by packet; a rank's time in an
+    iteration runs from the end of its barrier to the end of its last step, as ``netsim measure`` times it.
 
     ``paths[(src, dst)]`` are the spines of the pair's subflows (None: hashed by ECMP with ``seed``;
     a pair that is missing gets one hashed subflow)."""
@@ -151,6 +156,12 @@ def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int,
     status: dict[tuple[int, int], TcpConnection] = {}
     ecmp = Ecmp(seed)
     hosts = sorted({int(h) for flows in steps for h in (*flows.src.tolist(), *flows.dst.tolist())})
+    ring = [int(h) for h in rank_hosts] if rank_hosts is not None else hosts
+    barrier = [FlowSet.build(ring, ring[1:] + ring[:1], 1, list(range(len(ring))))] * (len(ring) - 1)
+    collective = len(steps)
+    timed = [collective * warmup + (len(barrier) + collective) * i + len(barrier) for i in range(iters)]
+    steps = [*steps] * warmup + [*barrier, *steps] * iters
+    reached: dict[tuple[int, int], float] = {}  # (host, step index): when it finished the steps before
 
     def spines_of(src: int, dst: int, port: int) -> list[int]:
         plan = paths.get((src, dst), (None,))
@@ -179,6 +190,7 @@ def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int,
 
     def next_step(host: int, index: int) -> None:
         """Queue ``host``'s step ``index``: its start-up and the set-up of each of its messages."""
+        reached[(host, index)] = clock.now
         flows = steps[index] if index < len(steps) else None
         messages = 0 if flows is None else int(np.count_nonzero(flows.src == host) + np.count_nonzero(flows.dst == host))
         on_loop(host, params.step_s + messages * params.message_s, start_step, host, index)
@@ -227,22 +239,13 @@ def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int,
         if pending[host] == 0:
             next_step(host, index + 1)
 
-    rank_s: list[tuple[float, ...]] = []
-    horizon = 3600.0
-    for iteration in range(warmup + iters):
-        began = clock.now
-        finished.clear()
-        for host in hosts:
-            at_step[host] = -1
-            next_step(host, 0)
-        clock.run(lambda: len(finished) == len(hosts), horizon)
-        if iteration >= warmup:
-            rank_s.append(tuple(finished[h] - began for h in hosts))
-        resume = clock.now + params.iteration_gap_s
-        clock.at(resume, _nothing)
-        clock.run(lambda resume=resume: clock.now >= resume, horizon)
+    for host in hosts:
+        at_step[host] = -1
+        next_step(host, 0)
+    clock.run(lambda: len(finished) == len(hosts), horizon_s=3600.0)
+    rank_s = tuple(tuple(reached[(h, t + collective)] - reached[(h, t)] for h in hosts) for t in timed)
     every = list(connections.values()) + list(status.values())
-    return PacketResult(tuple(rank_s), sum(link.drops for link in fabric.links()),
+    return PacketResult(rank_s, sum(link.drops for link in fabric.links()),
                         sum(c.timeouts for c in every), sum(c.retransmits for c in every),
                         sum(c.probes for c in every))
 

@@ -155,8 +155,9 @@ def replay(topology: LeafSpine, steps: Sequence[FlowSet], paths: dict[tuple[int,
     connections: dict[tuple[int, int, int], TcpConnection] = {}
     status: dict[tuple[int, int], TcpConnection] = {}
     ecmp = Ecmp(seed)
-    hosts = sorted({int(h) for flows in steps for h in (*flows.src.tolist(), *flows.dst.tolist())})
-    ring = [int(h) for h in rank_hosts] if rank_hosts is not None else hosts
+    active = {int(h) for flows in steps for h in (*flows.src.tolist(), *flows.dst.tolist())}
+    ring = [int(h) for h in rank_hosts] if rank_hosts is not None else sorted(active)
+    hosts = sorted(active | set(ring))  # every rank, also one the collective sends nothing to
     barrier = [FlowSet.build(ring, ring[1:] + ring[:1], 1, list(range(len(ring))))] * (len(ring) - 1)
     collective = len(steps)
     timed = [collective * warmup + (len(barrier) + collective) * i + len(barrier) for i in range(iters)]

@@ -281,3 +281,13 @@ def test_small_queues_bound_what_a_connection_keeps_in_its_hosts_qdisc(units: fl
 
     bound = units * GSO_MAX_BYTES + MSS + HEADER
     assert most_queued(units) <= bound < most_queued(None)
+
+
+def test_a_rank_outside_the_collective_still_takes_part_in_the_barrier() -> None:
+    """``rank_hosts`` names every rank; one that the collective's flows leave out (host 3 here) runs the
+    barrier's ring with the others and is timed too (an empty collective: no time)."""
+    topology = LeafSpine(2, 2, 1, 0.1)
+    swap = FlowSet.build([0, 1], [1, 0], 1, [0, 1])
+    result = replay(topology, [swap], {}, iters=2, warmup=1, rank_hosts=[0, 1, 3])
+    assert [len(ranks) for ranks in result.rank_s] == [3, 3]
+    assert all(ranks[2] < ranks[0] for ranks in result.rank_s)  # host 3 only starts and ends its step

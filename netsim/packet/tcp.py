@@ -10,8 +10,8 @@ multiplicative decrease 0.7 and, at these small windows and RTTs, its TCP-friend
 carrying SACK blocks (split-TCP re-arms TCP_QUICKACK), and Linux's loss recovery: a segment is lost
 when 3 segments above it were SACKed or, as RACK does, when a segment sent after it was delivered more
 than a reorder window later (a quarter of the min RTT; none in recovery or once 3 segments are SACKed);
-lost segments are retransmitted while the bytes in flight stay under the window. RACK's timer for segments not yet overdue fires 2 ms late. A tail
-loss probe (only outside recovery, one at a time) fires 2 srtt + 2 ms after the last send or ACK
+lost segments are retransmitted while the bytes in flight stay under the window. RACK's timer for
+segments not yet overdue fires 2 ms late. A tail loss probe (only outside recovery, one at a time) fires 2 srtt + 2 ms after the last send or ACK
 (2 srtt + 200 ms when one segment is out, to allow for a delayed ACK; never after the RTO) and sends new
 data or resends the last segment. The retransmission timer runs from the last cumulative ACK (or the first send
 after an idle period), its timeout is srtt + max(200 ms, 4 rttvar) and backs off; it marks everything
@@ -273,14 +273,13 @@ class TcpConnection:
             elif self.state is not _State.RECOVERY:
                 if self.state is _State.LOSS and ack >= self.recover:
                     self.state = _State.OPEN
-                if not self._cwnd_limited():
-                    pass  # the window did not limit the sender lately: it does not grow
-                elif self.cwnd < self.ssthresh:
-                    self.cwnd = min(self.cwnd + newly / MSS, max(self.ssthresh, self.cwnd))
-                    if not self.hystart_found:
-                        self._hystart(rtt)
-                else:
-                    self.cwnd += CUBIC_FRIENDLY_GROWTH * newly / MSS / self.cwnd
+                if self._cwnd_limited():  # a window that did not limit the sender lately does not grow
+                    if self.cwnd < self.ssthresh:
+                        self.cwnd = min(self.cwnd + newly / MSS, max(self.ssthresh, self.cwnd))
+                        if not self.hystart_found:
+                            self._hystart(rtt)
+                    else:
+                        self.cwnd += CUBIC_FRIENDLY_GROWTH * newly / MSS / self.cwnd
         for start, end in sacks:
             for seq, seg in self.segments.items():
                 if not seg.sacked and start <= seq and seq + seg.length <= end:
